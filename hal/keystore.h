@@ -1,0 +1,70 @@
+// Key storage behind one interface. A key lives in a named slot of a backend and never
+// leaves it: callers get a KeyHandle whose EVP_PKEY signs CSRs and plugs into TLS
+// (SSL_CTX_use_PrivateKey, libcurl's SSL_CTX callback, libmosquitto). Software
+// backends hold the private key in memory; hardware backends (PKCS#11, TPM 2.0) hand
+// out an EVP_PKEY that forwards signing to the device, so callers do not change.
+//
+// Slot names are 1-64 characters of [A-Za-z0-9._-], not starting with '.'.
+// KeyStore implementations are thread-safe; a KeyHandle may be used from one thread
+// at a time and must not outlive its KeyStore.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shared/core/filesystem.h"
+#include "shared/core/handles.h"
+#include "shared/core/status.h"
+#include "shared/x509/key.h"
+
+namespace certfleet::hal {
+
+using shared::KeyType;
+using shared::Result;
+using shared::Status;
+
+class KeyHandle {
+ public:
+  virtual ~KeyHandle() = default;
+  virtual const std::string& slot() const = 0;
+  // Borrowed; valid while the handle lives.
+  virtual EVP_PKEY* pkey() const = 0;
+  // Where the key is, for logs: "file:/var/lib/certfleet-agent/keys/a.pem", "memory:a".
+  virtual std::string uri() const = 0;
+};
+
+class KeyStore {
+ public:
+  virtual ~KeyStore() = default;
+  virtual std::string_view backend() const = 0;
+
+  // Creates a new key in an empty slot. kAlreadyExists if the slot holds a key: a key
+  // is never overwritten. The key is durable when this returns.
+  virtual Result<std::unique_ptr<KeyHandle>> Generate(std::string_view slot, KeyType type) = 0;
+  // kNotFound if the slot is empty; kDataLoss if what is stored is not a key.
+  virtual Result<std::unique_ptr<KeyHandle>> Load(std::string_view slot) = 0;
+  // kNotFound if the slot is empty.
+  virtual Status Delete(std::string_view slot) = 0;
+  virtual Result<std::vector<std::string>> List() = 0;
+  // Stores an existing software key in an empty slot (importing a CA key).
+  // kUnimplemented for backends that cannot import.
+  virtual Result<std::unique_ptr<KeyHandle>> Import(std::string_view slot, EVP_PKEY* key) = 0;
+};
+
+Status ValidateSlotName(std::string_view slot);
+
+// Signs SHA-256(data) with the key (DER ECDSA signature, or PKCS#1 v1.5 for RSA).
+Result<std::string> SignSha256(const KeyHandle& key, std::string_view data);
+
+// Which backend and where. Parsed from the programs' [keystore] config sections.
+struct KeyStoreConfig {
+  std::string backend = "file";  // "file" | "memory"
+  std::string dir;               // file: directory holding the keys (created 0700)
+};
+
+// kInvalidArgument for an unknown backend or missing settings.
+Result<std::unique_ptr<KeyStore>> OpenKeyStore(const KeyStoreConfig& config, shared::Filesystem& fs);
+
+}  // namespace certfleet::hal
