@@ -38,7 +38,7 @@ Statement& Statement::BindNull(int index) {
   sqlite3_bind_null(stmt_.get(), index);
   return *this;
 }
-Statement& Statement::Bind(int index, const std::optional<std::string>& text) {
+Statement& Statement::BindOptional(int index, const std::optional<std::string>& text) {
   return text ? Bind(index, std::string_view(*text)) : BindNull(index);
 }
 

@@ -22,7 +22,7 @@ class Statement {
   Statement& Bind(int index, std::string_view text);
   Statement& Bind(int index, int64_t value);
   Statement& BindNull(int index);
-  Statement& Bind(int index, const std::optional<std::string>& text);
+  Statement& BindOptional(int index, const std::optional<std::string>& text);
 
   // true when a row is ready, false when done. kAlreadyExists on a constraint
   // violation, kUnavailable when the database is busy.

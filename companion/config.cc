@@ -1,0 +1,120 @@
+#include "companion/config.h"
+
+#include "shared/core/config.h"
+#include "shared/x509/key.h"
+
+namespace certfleet::companion {
+
+using shared::Code;
+using shared::ConfigSchema;
+using shared::Status;
+namespace sh = shared;
+
+namespace {
+
+using C = CompanionConfig;
+
+Status CheckKeyType(const std::string& s) {
+  auto t = sh::ParseKeyType(s);
+  return t ? Status::Ok() : t.error();
+}
+
+Status CheckLabel(const std::string& s) {
+  if (s.empty() || s.size() > 64 || s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != std::string::npos) {
+    return Status(Code::kInvalidArgument, "bad EST label '" + s + "' (1-64 of A-Z a-z 0-9 - _ .)");
+  }
+  if (s == "cacerts" || s == "simpleenroll" || s == "simplereenroll" || s == "csrattrs" || s == "serverkeygen") {
+    return Status(Code::kInvalidArgument, "EST label '" + s + "' clashes with an operation name");
+  }
+  return Status::Ok();
+}
+
+Status CheckLogLevel(const std::string& s) {
+  if (s == "debug" || s == "info" || s == "warning" || s == "error") return Status::Ok();
+  return Status(Code::kInvalidArgument, "log_level must be debug, info, warning or error");
+}
+
+const ConfigSchema<C>& Schema() {
+  static const ConfigSchema<C> schema = [] {
+    using namespace std::chrono;
+    ConfigSchema<C> s;
+    s.Add("state_dir", sh::StringValue<C>([](C& c) -> auto& { return c.state_dir; }, sh::CheckAbsolutePath));
+    s.Add("log_level", sh::StringValue<C>([](C& c) -> auto& { return c.log_level; }, CheckLogLevel));
+    s.Add("est.listen", sh::StringValue<C>([](C& c) -> auto& { return c.est.listen; }, sh::CheckHostPort));
+    s.Add("est.labels", sh::StringListValue<C>([](C& c) -> auto& { return c.est.labels; }, CheckLabel));
+    s.Add("est.tls_cert_file", sh::StringValue<C>([](C& c) -> auto& { return c.est.tls_cert_file; }, sh::CheckAbsolutePath));
+    s.Add("est.tls_key_slot", sh::StringValue<C>([](C& c) -> auto& { return c.est.tls_key_slot; }, hal::ValidateSlotName));
+    s.Add("est.bootstrap_trust_file",
+          sh::StringValue<C>([](C& c) -> auto& { return c.est.bootstrap_trust_file; },
+                             [](const std::string& v) { return v.empty() ? Status::Ok() : sh::CheckAbsolutePath(v); }));
+    s.Add("est.max_body_bytes", sh::IntValue<C>([](C& c) -> auto& { return c.est.max_body_bytes; }, 1024, 1 << 20));
+    s.Add("est.threads", sh::IntValue<C>([](C& c) -> auto& { return c.est.threads; }, 1, 256));
+    s.Add("est.superseded_grace", sh::DurationValue<C>([](C& c) -> auto& { return c.est.superseded_grace; },
+                                                       seconds(0), hours(24 * 365)));
+    s.Add("est.reenroll_require_new_key", sh::BoolValue<C>([](C& c) -> auto& { return c.est.reenroll_require_new_key; }));
+    s.Add("ca.root_cert_file", sh::StringValue<C>([](C& c) -> auto& { return c.ca.root_cert_file; }, sh::CheckAbsolutePath));
+    s.Add("ca.issuing_cert_file", sh::StringValue<C>([](C& c) -> auto& { return c.ca.issuing_cert_file; }, sh::CheckAbsolutePath));
+    s.Add("ca.issuing_key_slot", sh::StringValue<C>([](C& c) -> auto& { return c.ca.issuing_key_slot; }, hal::ValidateSlotName));
+    s.Add("profile.validity", sh::DurationValue<C>([](C& c) -> auto& { return c.profile.validity; }, hours(1), hours(24 * 3653)));
+    s.Add("profile.backdate", sh::DurationValue<C>([](C& c) -> auto& { return c.profile.backdate; }, seconds(0), hours(24)));
+    s.Add("profile.key_types", sh::StringListValue<C>([](C& c) -> auto& { return c.profile.key_types; }, CheckKeyType));
+    s.Add("profile.allow_csr_sans", sh::BoolValue<C>([](C& c) -> auto& { return c.profile.allow_csr_sans; }));
+    s.Add("tokens.default_ttl", sh::DurationValue<C>([](C& c) -> auto& { return c.tokens.default_ttl; }, minutes(1), hours(24 * 365)));
+    s.Add("tokens.max_ttl", sh::DurationValue<C>([](C& c) -> auto& { return c.tokens.max_ttl; }, minutes(1), hours(24 * 365)));
+    s.Add("keystore.backend", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.backend; }));
+    s.Add("keystore.dir", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.dir; }, sh::CheckAbsolutePath));
+    s.Add("registry.path", sh::StringValue<C>([](C& c) -> auto& { return c.registry_path; }, sh::CheckAbsolutePath));
+    return s;
+  }();
+  return schema;
+}
+
+}  // namespace
+
+sh::Result<CompanionConfig> ParseCompanionConfig(std::string_view text, const std::string& source) {
+  CF_ASSIGN_OR_RETURN(CompanionConfig c, Schema().Parse(text, source, CompanionConfig{}));
+  if (c.state_dir.empty()) return sh::Error(Code::kInvalidArgument, source + ": state_dir is required");
+  auto derive = [&](std::string& v, std::string_view rel) {
+    if (v.empty()) v = sh::JoinPath(c.state_dir, rel);
+  };
+  derive(c.est.tls_cert_file, "tls/est-server.pem");
+  derive(c.ca.root_cert_file, "ca/root.pem");
+  derive(c.ca.issuing_cert_file, "ca/issuing.pem");
+  derive(c.keystore.dir, "keys");
+  derive(c.registry_path, "registry.sqlite3");
+  if (c.profile.key_types.empty()) return sh::Error(Code::kInvalidArgument, source + ": profile.key_types is empty");
+  if (c.tokens.default_ttl > c.tokens.max_ttl) {
+    return sh::Error(Code::kInvalidArgument, source + ": tokens.default_ttl exceeds tokens.max_ttl");
+  }
+  return c;
+}
+
+sh::Result<CompanionConfig> LoadCompanionConfig(const std::string& path, sh::Filesystem& fs) {
+  CF_ASSIGN_OR_RETURN(std::string text, fs.ReadFile(path, 1 << 20));
+  return ParseCompanionConfig(text, path);
+}
+
+std::string DefaultCompanionConfigText(const std::string& state_dir, const std::string& est_listen) {
+  std::string out;
+  out += "# certfleet-companion configuration. Keys and defaults: docs/config.md\n";
+  out += "state_dir = " + sh::TomlQuote(state_dir) + "\n";
+  out += "log_level = \"info\"\n\n";
+  out += "[est]\n";
+  out += "listen = " + sh::TomlQuote(est_listen) + "\n";
+  out += "labels = []\n";
+  out += "# bootstrap_trust_file = \"/etc/certfleet/claim-cas.pem\"\n";
+  out += "max_body_bytes = 16384\n";
+  out += "superseded_grace = \"7d\"\n\n";
+  out += "[profile]\n";
+  out += "validity = \"90d\"\n";
+  out += "key_types = [\"ec-p256\", \"ec-p384\", \"rsa-2048\", \"rsa-3072\"]\n";
+  out += "allow_csr_sans = false\n\n";
+  out += "[tokens]\n";
+  out += "default_ttl = \"24h\"\n";
+  out += "max_ttl = \"30d\"\n\n";
+  out += "[keystore]\n";
+  out += "backend = \"file\"\n";
+  return out;
+}
+
+}  // namespace certfleet::companion

@@ -1,0 +1,64 @@
+// certfleet-companion configuration (companion.toml). Every key, its default and its
+// unit is documented in docs/config.md; keep the two in step.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "hal/keystore.h"
+#include "shared/core/filesystem.h"
+#include "shared/core/status.h"
+
+namespace certfleet::companion {
+
+struct EstConfig {
+  std::string listen = "127.0.0.1:8443";
+  std::vector<std::string> labels;          // accepted CA labels: /.well-known/est/<label>/...
+  std::string tls_cert_file;                // server certificate chain (PEM)
+  std::string tls_key_slot = "est-tls";     // in the key store
+  std::string bootstrap_trust_file;         // claim/bootstrap CAs for simpleenroll; empty = none
+  int64_t max_body_bytes = 16384;
+  int threads = 8;
+  std::chrono::seconds superseded_grace = std::chrono::hours(24 * 7);
+  bool reenroll_require_new_key = false;
+};
+
+struct CaConfig {
+  std::string root_cert_file;
+  std::string issuing_cert_file;
+  std::string issuing_key_slot = "issuing-ca";
+};
+
+struct ProfileConfig {
+  std::chrono::seconds validity = std::chrono::hours(24 * 90);
+  std::chrono::seconds backdate = std::chrono::minutes(5);
+  std::vector<std::string> key_types = {"ec-p256", "ec-p384", "rsa-2048", "rsa-3072"};
+  bool allow_csr_sans = false;
+};
+
+struct TokenConfig {
+  std::chrono::seconds default_ttl = std::chrono::hours(24);
+  std::chrono::seconds max_ttl = std::chrono::hours(24 * 30);
+};
+
+struct CompanionConfig {
+  std::string state_dir;
+  EstConfig est;
+  CaConfig ca;
+  ProfileConfig profile;
+  TokenConfig tokens;
+  hal::KeyStoreConfig keystore;
+  std::string registry_path;
+  std::string log_level = "info";
+};
+
+// Parses companion.toml. Relative paths are not accepted. Paths left unset derive from
+// state_dir. Errors name the file, line and column.
+shared::Result<CompanionConfig> ParseCompanionConfig(std::string_view text, const std::string& source);
+shared::Result<CompanionConfig> LoadCompanionConfig(const std::string& path, shared::Filesystem& fs);
+
+// The companion.toml that `init` writes for a state directory.
+std::string DefaultCompanionConfigText(const std::string& state_dir, const std::string& est_listen);
+
+}  // namespace certfleet::companion

@@ -1,0 +1,180 @@
+// certfleetctl: the operator's command line. Local admin mode reads the companion's
+// config and registry directly (run it as the companion's user).
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "companion/est_service.h"
+#include "companion/init.h"
+#include "shared/core/duration.h"
+#include "shared/core/filesystem.h"
+#include "shared/x509/cert.h"
+
+namespace cf = certfleet;
+namespace sh = certfleet::shared;
+using nlohmann::json;
+
+namespace {
+
+int Fail(const sh::Status& st) {
+  std::fprintf(stderr, "certfleetctl: %s\n", st.ToString().c_str());
+  return 1;
+}
+
+void PrintTable(const std::vector<std::vector<std::string>>& rows) {
+  std::vector<size_t> widths;
+  for (const auto& r : rows) {
+    widths.resize(std::max(widths.size(), r.size()));
+    for (size_t i = 0; i < r.size(); ++i) widths[i] = std::max(widths[i], r[i].size());
+  }
+  for (const auto& r : rows) {
+    std::string line;
+    for (size_t i = 0; i < r.size(); ++i) {
+      line += r[i];
+      if (i + 1 < r.size()) line += std::string(widths[i] - r[i].size() + 2, ' ');
+    }
+    std::printf("%s\n", line.c_str());
+  }
+}
+
+sh::Result<cf::companion::CompanionState> Open(const std::string& config_path, bool write) {
+  auto& fs = sh::PosixFilesystem::Instance();
+  CF_ASSIGN_OR_RETURN(cf::companion::CompanionConfig cfg, cf::companion::LoadCompanionConfig(config_path, fs));
+  cf::companion::LoadOptions lo;
+  lo.load_issuer = false;
+  lo.registry_read_only = !write;
+  return cf::companion::LoadCompanionState(cfg, fs, lo);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"certfleetctl: operate a certfleet companion"};
+  app.require_subcommand(1);
+  std::string config_path = "/etc/certfleet/companion.toml";
+  if (const char* env = std::getenv("CERTFLEET_COMPANION_CONFIG")) config_path = env;
+  app.add_option("--config", config_path, "companion.toml (local admin mode)");
+
+  auto* token = app.add_subcommand("token", "one-time enrollment tokens")->require_subcommand(1);
+  auto* token_create = token->add_subcommand("create", "create a token; prints it alone on stdout");
+  std::string serial;
+  std::string ttl_text;
+  token_create->add_option("--serial", serial, "device serial: the certificate's common name")->required();
+  token_create->add_option("--ttl", ttl_text, "lifetime, e.g. 24h (default from config)");
+
+  auto* ca = app.add_subcommand("ca", "the certificate authority")->require_subcommand(1);
+  auto* ca_cert = ca->add_subcommand("cert", "print the root CA certificate (the clients' trust anchor)");
+
+  bool as_json = false;
+  std::string thing_filter;
+  int64_t limit = 1000;
+  auto* certs = app.add_subcommand("certs", "certificates")->require_subcommand(1);
+  auto* certs_list = certs->add_subcommand("list", "list certificates");
+  certs_list->add_flag("--json", as_json, "JSON output");
+  certs_list->add_option("--thing", thing_filter, "only this thing's certificates");
+  certs_list->add_option("--limit", limit, "at most this many rows")->check(CLI::Range(int64_t{1}, int64_t{10000000}));
+  auto* things = app.add_subcommand("things", "things")->require_subcommand(1);
+  auto* things_list = things->add_subcommand("list", "list things");
+  things_list->add_flag("--json", as_json, "JSON output");
+  things_list->add_option("--limit", limit, "at most this many rows")->check(CLI::Range(int64_t{1}, int64_t{10000000}));
+
+  CLI11_PARSE(app, argc, argv);
+  auto& fs = sh::PosixFilesystem::Instance();
+  auto& clock = sh::SystemClock::Instance();
+
+  if (*ca_cert) {
+    auto cfg = cf::companion::LoadCompanionConfig(config_path, fs);
+    if (!cfg) return Fail(cfg.error());
+    auto pem = fs.ReadFile(cfg->ca.root_cert_file, 1 << 20);
+    if (!pem) return Fail(pem.error());
+    auto cert = sh::CertFromPem(*pem);
+    if (!cert) return Fail(cert.error().WithContext(cfg->ca.root_cert_file));
+    std::fputs(sh::CertToPem(cert->get()).c_str(), stdout);
+    return 0;
+  }
+
+  if (*token_create) {
+    auto state = Open(config_path, true);
+    if (!state) return Fail(state.error());
+    std::chrono::seconds ttl = state->config.tokens.default_ttl;
+    if (!ttl_text.empty()) {
+      auto d = sh::ParseDuration(ttl_text);
+      if (!d) return Fail(d.error().WithContext("--ttl"));
+      ttl = *d;
+    }
+    if (ttl.count() <= 0 || ttl > state->config.tokens.max_ttl) {
+      return Fail(sh::Status(sh::Code::kInvalidArgument,
+                             "--ttl must be positive and at most tokens.max_ttl (" +
+                                 sh::FormatDuration(state->config.tokens.max_ttl) + ")"));
+    }
+    if (serial.empty() || serial.size() > 64 ||
+        serial.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:") != std::string::npos) {
+      return Fail(sh::Status(sh::Code::kInvalidArgument, "--serial must be 1-64 of A-Z a-z 0-9 - _ . :"));
+    }
+    auto tok = cf::companion::NewToken();
+    if (!tok) return Fail(tok.error());
+    auto now = clock.Now();
+    sh::Status st = state->registry->CreateToken(cf::companion::TokenHash(*tok), serial, now, now + ttl);
+    if (!st.ok()) return Fail(st);
+    std::printf("%s\n", tok->c_str());
+    std::fprintf(stderr, "token for serial %s expires %s\n", serial.c_str(), sh::FormatRfc3339(now + ttl).c_str());
+    return 0;
+  }
+
+  if (*certs_list) {
+    auto state = Open(config_path, false);
+    if (!state) return Fail(state.error());
+    auto list = state->registry->ListCerts(thing_filter, limit);
+    if (!list) return Fail(list.error());
+    if (as_json) {
+      json out = json::array();
+      for (const auto& c : *list) {
+        json j = {{"certificateId", c.id}, {"thingName", c.thing_name}, {"serialNumber", c.serial},
+                  {"subject", c.subject}, {"notBefore", sh::FormatRfc3339(c.not_before)},
+                  {"notAfter", sh::FormatRfc3339(c.not_after)}, {"issuedAt", sh::FormatRfc3339(c.issued_at)},
+                  {"status", cf::companion::CertStatusName(c.status)}, {"source", c.source},
+                  {"current", c.status == cf::companion::CertStatus::kActive && !c.superseded_by}};
+        if (c.superseded_by) j["supersededBy"] = *c.superseded_by;
+        out.push_back(std::move(j));
+      }
+      std::printf("%s\n", out.dump(2).c_str());
+    } else {
+      std::vector<std::vector<std::string>> rows{{"ID", "THING", "STATUS", "NOT AFTER", "SOURCE", "SERIAL"}};
+      for (const auto& c : *list) {
+        std::string status(cf::companion::CertStatusName(c.status));
+        if (c.superseded_by) status += " (superseded)";
+        rows.push_back({c.id.substr(0, 16), c.thing_name, status, sh::FormatRfc3339(c.not_after), c.source, c.serial});
+      }
+      PrintTable(rows);
+    }
+    return 0;
+  }
+
+  if (*things_list) {
+    auto state = Open(config_path, false);
+    if (!state) return Fail(state.error());
+    auto list = state->registry->ListThings(limit);
+    if (!list) return Fail(list.error());
+    if (as_json) {
+      json out = json::array();
+      for (const auto& t : *list) {
+        json j = {{"thingName", t.name}, {"createdAt", sh::FormatRfc3339(t.created_at)}};
+        if (t.current_cert_id) {
+          j["certificateId"] = *t.current_cert_id;
+          j["notAfter"] = sh::FormatRfc3339(*t.current_not_after);
+        }
+        out.push_back(std::move(j));
+      }
+      std::printf("%s\n", out.dump(2).c_str());
+    } else {
+      std::vector<std::vector<std::string>> rows{{"THING", "CREATED", "CERTIFICATE", "NOT AFTER"}};
+      for (const auto& t : *list) {
+        rows.push_back({t.name, sh::FormatRfc3339(t.created_at), t.current_cert_id ? t.current_cert_id->substr(0, 16) : "-",
+                        t.current_not_after ? sh::FormatRfc3339(*t.current_not_after) : "-"});
+      }
+      PrintTable(rows);
+    }
+    return 0;
+  }
+  return 0;
+}

@@ -1,0 +1,369 @@
+#include "companion/est_service.h"
+
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <cctype>
+
+#include "shared/core/base64.h"
+#include "shared/x509/cert.h"
+#include "shared/x509/csr.h"
+#include "shared/x509/openssl_error.h"
+#include "shared/x509/pkcs7.h"
+
+namespace certfleet::companion {
+
+using shared::Code;
+namespace sh = shared;
+
+namespace {
+
+constexpr std::string_view kPrefix = "/.well-known/est/";
+
+EstResponse Text(int status, std::string message) {
+  EstResponse r;
+  r.status = status;
+  r.body = std::move(message);
+  r.body += '\n';
+  return r;
+}
+
+EstResponse CertsOnly(const std::string& der, const char* content_type) {
+  EstResponse r;
+  r.status = 200;
+  r.content_type = content_type;
+  r.body = sh::Base64Encode(der);
+  r.headers.emplace_back("Content-Transfer-Encoding", "base64");
+  return r;
+}
+
+std::string Lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+// The media type without parameters, lower case, trimmed.
+std::string MediaType(std::string_view content_type) {
+  auto semi = content_type.find(';');
+  std::string_view t = content_type.substr(0, semi);
+  while (!t.empty() && (t.front() == ' ' || t.front() == '\t')) t.remove_prefix(1);
+  while (!t.empty() && (t.back() == ' ' || t.back() == '\t')) t.remove_suffix(1);
+  return Lower(t);
+}
+
+struct BasicCredentials {
+  std::string user;
+  std::string password;
+};
+
+std::optional<BasicCredentials> ParseBasic(std::string_view header) {
+  if (header.size() < 6 || Lower(header.substr(0, 6)) != "basic ") return std::nullopt;
+  auto decoded = sh::Base64Decode(header.substr(6));
+  if (!decoded) return std::nullopt;
+  auto colon = decoded->find(':');
+  if (colon == std::string::npos) return std::nullopt;
+  return BasicCredentials{decoded->substr(0, colon), decoded->substr(colon + 1)};
+}
+
+bool SameSans(const GENERAL_NAMES* a, const GENERAL_NAMES* b) { return sh::CanonicalSans(a) == sh::CanonicalSans(b); }
+
+// A thing name (and token serial): printable, no separators that would confuse topics or logs.
+bool ValidThingName(std::string_view s) {
+  if (s.empty() || s.size() > 64) return false;
+  return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == ':'; });
+}
+
+}  // namespace
+
+std::string TokenHash(std::string_view token) { return sh::Sha256Hex(token); }
+
+sh::Result<std::string> NewToken() {
+  unsigned char bytes[32];
+  if (RAND_bytes(bytes, sizeof bytes) != 1) return sh::Error(sh::OpenSslStatus(Code::kInternal, "RAND_bytes"));
+  std::string b64 = sh::Base64EncodeLine(std::string_view(reinterpret_cast<char*>(bytes), sizeof bytes));
+  OPENSSL_cleanse(bytes, sizeof bytes);
+  for (char& c : b64) {
+    if (c == '+') c = '-';
+    if (c == '/') c = '_';
+  }
+  while (!b64.empty() && b64.back() == '=') b64.pop_back();
+  return b64;
+}
+
+EstService::EstService(CompanionState& state, const sh::Clock& clock, sh::Logger& log)
+    : state_(state), clock_(clock), log_(log) {
+  auto der = sh::BuildCertsOnly(state_.issuer->Chain());
+  cacerts_body_ = der ? *der : std::string();
+  for (const auto& name : state_.config.profile.key_types) {
+    if (auto t = sh::ParseKeyType(name)) allowed_keys_.push_back(*t);
+  }
+}
+
+EstResponse EstService::Reject(const EstRequest& req, int status, const std::string& kind, const std::string& who,
+                               const std::string& message) {
+  log_.Warn("EST request rejected", {{"kind", kind}, {"who", who}, {"remote", req.remote}, {"reason", message}});
+  SecurityEvent ev{0, clock_.Now(), kind, who.empty() ? req.remote : who, message + " (from " + req.remote + ")"};
+  Status st = state_.registry->RecordSecurityEvent(ev);
+  if (!st.ok()) log_.Error("recording security event failed", {{"error", st.ToString()}});
+  EstResponse r = Text(status, message);
+  if (status == 401) r.headers.emplace_back("WWW-Authenticate", "Basic realm=\"certfleet EST\", charset=\"UTF-8\"");
+  return r;
+}
+
+EstResponse EstService::Handle(const EstRequest& req) {
+  std::string_view path = req.path;
+  if (path.substr(0, kPrefix.size()) != kPrefix) return Text(404, "not found: " + req.path);
+  path.remove_prefix(kPrefix.size());
+  std::string_view op = path;
+  auto slash = path.find('/');
+  if (slash != std::string_view::npos) {
+    std::string_view label = path.substr(0, slash);
+    op = path.substr(slash + 1);
+    const auto& labels = state_.config.est.labels;
+    if (op.find('/') != std::string_view::npos || std::find(labels.begin(), labels.end(), label) == labels.end()) {
+      return Text(404, "not found: " + req.path);
+    }
+  }
+  auto need = [&](const char* method) -> std::optional<EstResponse> {
+    if (req.method == method) return std::nullopt;
+    EstResponse r = Text(405, "method not allowed; use " + std::string(method));
+    r.headers.emplace_back("Allow", method);
+    return r;
+  };
+  if (op == "cacerts") {
+    if (auto r = need("GET")) return *r;
+    return CaCerts();
+  }
+  if (op == "csrattrs") {
+    if (auto r = need("GET")) return *r;
+    EstResponse r;
+    r.status = 204;  // no attributes required
+    return r;
+  }
+  if (op == "simpleenroll") {
+    if (auto r = need("POST")) return *r;
+    return Enroll(req);
+  }
+  if (op == "simplereenroll") {
+    if (auto r = need("POST")) return *r;
+    return Reenroll(req);
+  }
+  if (op == "serverkeygen" || op == "fullcmc") return Text(501, std::string(op) + " is not supported");
+  return Text(404, "not found: " + req.path);
+}
+
+EstResponse EstService::CaCerts() {
+  if (cacerts_body_.empty()) return Text(500, "CA certificates unavailable");
+  return CertsOnly(cacerts_body_, kPkcs7Mime);
+}
+
+namespace {
+
+// Decodes and checks the request body common to both enrollment operations.
+struct ParsedCsr {
+  sh::X509ReqPtr csr;
+  int status = 0;
+  std::string error;
+};
+
+ParsedCsr ParseCsrBody(const EstRequest& req) {
+  ParsedCsr out;
+  if (MediaType(req.content_type) != kPkcs10) {
+    out.status = 415;
+    out.error = "expected Content-Type application/pkcs10, got '" + req.content_type + "'";
+    return out;
+  }
+  auto der = sh::Base64Decode(req.body);
+  if (!der) {
+    out.status = 400;
+    out.error = "malformed request body: " + der.error().message();
+    return out;
+  }
+  auto csr = sh::CsrFromDer(*der);
+  if (!csr) {
+    out.status = 400;
+    out.error = "malformed CSR: " + csr.error().message();
+    return out;
+  }
+  Status st = sh::VerifyCsrSignature(csr->get());
+  if (!st.ok()) {
+    out.status = 400;
+    out.error = st.message();
+    return out;
+  }
+  out.csr = std::move(*csr);
+  return out;
+}
+
+}  // namespace
+
+EstResponse EstService::Enroll(const EstRequest& req) {
+  const sh::WallTime now = clock_.Now();
+  // 1. Who is asking: a bootstrap (claim) certificate or a one-time token.
+  std::optional<std::string> token_hash;
+  std::string serial;
+  std::string who;
+  bool claim_ok = false;
+  if (req.peer_cert != nullptr) {
+    who = sh::CertFingerprint(req.peer_cert);
+    if (state_.bootstrap_trust) {
+      Status st = state_.bootstrap_trust->Verify(req.peer_cert, req.peer_chain, now);
+      claim_ok = st.ok();
+      if (!claim_ok && req.authorization.empty()) {
+        return Reject(req, 403, "untrusted_client_certificate", who, "client certificate not accepted for enrollment: " + st.message());
+      }
+    } else if (req.authorization.empty()) {
+      return Reject(req, 403, "untrusted_client_certificate", who, "no bootstrap trust is configured; enroll with a token");
+    }
+  }
+  if (!claim_ok) {
+    if (req.authorization.empty()) return Reject(req, 401, "missing_credentials", "", "authentication required");
+    auto creds = ParseBasic(req.authorization);
+    if (!creds) return Reject(req, 401, "malformed_credentials", "", "malformed Authorization header");
+    serial = creds->user;
+    who = "serial:" + serial;
+    std::string hash = TokenHash(creds->password);
+    OPENSSL_cleanse(creds->password.data(), creds->password.size());
+    auto tok = state_.registry->FindToken(hash);
+    if (!tok) return Text(503, "registry unavailable");
+    if (!*tok) return Reject(req, 401, "token_unknown", who, "unknown enrollment token");
+    if ((*tok)->used_at) return Reject(req, 401, "token_reused", who, "enrollment token already used");
+    if ((*tok)->expires_at <= now) return Reject(req, 401, "token_expired", who, "enrollment token expired");
+    if ((*tok)->serial != serial) return Reject(req, 401, "token_foreign", who, "enrollment token belongs to another serial");
+    token_hash = hash;
+  }
+
+  // 2. What is asked for.
+  ParsedCsr parsed = ParseCsrBody(req);
+  if (!parsed.csr) return Reject(req, parsed.status, "bad_request", who, parsed.error);
+  X509_REQ* csr = parsed.csr.get();
+  EVP_PKEY* pub = X509_REQ_get0_pubkey(csr);
+  Status st = CheckKeyPolicy(pub, allowed_keys_);
+  if (!st.ok()) return Reject(req, 400, "key_policy", who, st.message());
+  std::string cn = sh::NameCommonName(X509_REQ_get_subject_name(csr));
+  if (token_hash) {
+    if (cn.empty()) cn = serial;
+    if (cn != serial) return Reject(req, 403, "subject_mismatch", who, "the CSR's common name must equal the token's serial '" + serial + "'");
+  }
+  if (!ValidThingName(cn)) return Reject(req, 400, "bad_subject", who, "the CSR's common name '" + cn + "' is not a valid thing name");
+  sh::GeneralNamesPtr sans = sh::CsrSans(csr);
+  if (sans && sk_GENERAL_NAME_num(sans.get()) > 0 && !state_.config.profile.allow_csr_sans) {
+    return Reject(req, 400, "san_not_allowed", who, "subjectAltName in the CSR is not allowed by the certificate profile");
+  }
+
+  // 3. Issue and record durably before answering.
+  CertTemplate tmpl;
+  auto name = NameFromCommonName(cn);
+  if (!name) return Reject(req, 400, "bad_subject", who, name.error().message());
+  tmpl.subject = std::move(*name);
+  tmpl.sans = std::move(sans);
+  tmpl.public_key = pub;
+  tmpl.validity = state_.config.profile.validity;
+  tmpl.backdate = state_.config.profile.backdate;
+  auto cert = state_.issuer->Issue(tmpl, now);
+  if (!cert) {
+    log_.Error("issuance failed", {{"error", cert.error().ToString()}});
+    return Text(500, "issuance failed");
+  }
+  sh::CertInfo info = sh::DescribeCert(cert->get());
+  IssueRecord rec;
+  rec.cert = {info.id, cn, info.serial, info.subject, info.not_before, info.not_after, now, CertStatus::kActive,
+              token_hash ? "est-enroll-token" : "est-enroll-claim", std::nullopt, std::nullopt, sh::CertToPem(cert->get())};
+  rec.token_hash = token_hash;
+  rec.require_no_current = !token_hash;
+  st = state_.registry->RecordIssued(rec, now);
+  if (!st.ok()) {
+    if (st.code() == Code::kFailedPrecondition) {
+      return Reject(req, token_hash ? 401 : 403, token_hash ? "token_reused" : "thing_exists", who, st.message());
+    }
+    log_.Error("recording certificate failed", {{"error", st.ToString()}});
+    if (sh::IsRetryable(st.code())) {
+      EstResponse r = Text(503, "registry busy, retry later");
+      r.headers.emplace_back("Retry-After", "5");
+      return r;
+    }
+    return Text(500, "recording the certificate failed");
+  }
+  log_.Info("enrolled", {{"thing", cn}, {"serial", info.serial}, {"fingerprint", info.id},
+                         {"not_after", sh::FormatRfc3339(info.not_after)}, {"auth", token_hash ? "token" : "claim"}});
+  auto der = sh::BuildCertsOnly({cert->get()});
+  if (!der) return Text(500, "encoding response failed");
+  return CertsOnly(*der, kPkcs7CertsOnly);
+}
+
+EstResponse EstService::Reenroll(const EstRequest& req) {
+  const sh::WallTime now = clock_.Now();
+  if (req.peer_cert == nullptr) {
+    return Reject(req, 401, "missing_credentials", "", "re-enrollment requires the current certificate as TLS client certificate");
+  }
+  std::string who = sh::CertFingerprint(req.peer_cert);
+  Status st = state_.device_trust.Verify(req.peer_cert, req.peer_chain, now);
+  if (!st.ok()) return Reject(req, 403, "untrusted_client_certificate", who, st.message());
+  auto found = state_.registry->FindCert(who);
+  if (!found) return Text(503, "registry unavailable");
+  if (!*found) return Reject(req, 403, "unknown_client_certificate", who, "client certificate is not in the registry");
+  const CertRecord& current = **found;
+  if (current.status == CertStatus::kRevoked) return Reject(req, 403, "revoked_certificate", who, "client certificate is revoked");
+  if (current.status != CertStatus::kActive) {
+    return Reject(req, 403, "inactive_certificate", who, "client certificate is " + std::string(CertStatusName(current.status)));
+  }
+  if (current.superseded_at && *current.superseded_at + state_.config.est.superseded_grace <= now) {
+    return Reject(req, 403, "superseded_certificate", who, "client certificate was replaced and its grace period is over");
+  }
+
+  ParsedCsr parsed = ParseCsrBody(req);
+  if (!parsed.csr) return Reject(req, parsed.status, "bad_request", who, parsed.error);
+  X509_REQ* csr = parsed.csr.get();
+  EVP_PKEY* pub = X509_REQ_get0_pubkey(csr);
+  if (X509_NAME_cmp(X509_REQ_get_subject_name(csr), X509_get_subject_name(req.peer_cert)) != 0) {
+    return Reject(req, 403, "subject_mismatch", who, "the CSR's Subject differs from the current certificate's");
+  }
+  sh::GeneralNamesPtr csr_sans = sh::CsrSans(csr);
+  sh::GeneralNamesPtr cert_sans(static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(req.peer_cert, NID_subject_alt_name, nullptr, nullptr)));
+  if (!SameSans(csr_sans.get(), cert_sans.get())) {
+    return Reject(req, 403, "subject_mismatch", who, "the CSR's SubjectAltName differs from the current certificate's");
+  }
+  st = CheckKeyPolicy(pub, allowed_keys_);
+  if (!st.ok()) return Reject(req, 400, "key_policy", who, st.message());
+  bool same_key = sh::SamePublicKey(pub, X509_get0_pubkey(req.peer_cert));
+  if (same_key && state_.config.est.reenroll_require_new_key) {
+    return Reject(req, 400, "key_reuse", who, "re-enrollment requires a new key");
+  }
+
+  CertTemplate tmpl;
+  tmpl.subject.reset(X509_NAME_dup(X509_get_subject_name(req.peer_cert)));
+  tmpl.sans = std::move(cert_sans);
+  tmpl.public_key = pub;
+  tmpl.validity = state_.config.profile.validity;
+  tmpl.backdate = state_.config.profile.backdate;
+  auto cert = state_.issuer->Issue(tmpl, now);
+  if (!cert) {
+    log_.Error("issuance failed", {{"error", cert.error().ToString()}});
+    return Text(500, "issuance failed");
+  }
+  sh::CertInfo info = sh::DescribeCert(cert->get());
+  IssueRecord rec;
+  rec.cert = {info.id, current.thing_name, info.serial, info.subject, info.not_before, info.not_after, now,
+              CertStatus::kActive, same_key ? "est-renew" : "est-rekey", std::nullopt, std::nullopt,
+              sh::CertToPem(cert->get())};
+  rec.replaces_cert_id = current.id;
+  st = state_.registry->RecordIssued(rec, now);
+  if (!st.ok()) {
+    log_.Error("recording certificate failed", {{"error", st.ToString()}});
+    if (sh::IsRetryable(st.code())) {
+      EstResponse r = Text(503, "registry busy, retry later");
+      r.headers.emplace_back("Retry-After", "5");
+      return r;
+    }
+    return Text(500, "recording the certificate failed");
+  }
+  log_.Info("re-enrolled", {{"thing", current.thing_name}, {"serial", info.serial}, {"fingerprint", info.id},
+                            {"replaces", current.id}, {"not_after", sh::FormatRfc3339(info.not_after)},
+                            {"rekey", same_key ? "false" : "true"}});
+  auto der = sh::BuildCertsOnly({cert->get()});
+  if (!der) return Text(500, "encoding response failed");
+  return CertsOnly(*der, kPkcs7CertsOnly);
+}
+
+}  // namespace certfleet::companion

@@ -1,0 +1,130 @@
+// certfleet-companion: init a state directory, or serve EST in the foreground.
+#include <signal.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <thread>
+
+#include "companion/est_server.h"
+#include "companion/init.h"
+#include "shared/core/config.h"
+#include "shared/core/filesystem.h"
+#include "shared/core/log.h"
+
+namespace cf = certfleet;
+namespace sh = certfleet::shared;
+
+namespace {
+
+sh::LogLevel ParseLevel(const std::string& s) {
+  if (s == "debug") return sh::LogLevel::kDebug;
+  if (s == "warning") return sh::LogLevel::kWarning;
+  if (s == "error") return sh::LogLevel::kError;
+  return sh::LogLevel::kInfo;
+}
+
+int Fail(const sh::Status& st) {
+  std::fprintf(stderr, "certfleet-companion: %s\n", st.ToString().c_str());
+  return 1;
+}
+
+int RunServe(const std::string& config_path, const std::string& listen_override, const std::string& ready_file) {
+  auto& fs = sh::PosixFilesystem::Instance();
+  auto cfg = cf::companion::LoadCompanionConfig(config_path, fs);
+  if (!cfg) return Fail(cfg.error());
+  if (!listen_override.empty()) {
+    sh::Status st = sh::CheckHostPort(listen_override);
+    if (!st.ok()) return Fail(st.WithContext("--est-listen"));
+    cfg->est.listen = listen_override;
+  }
+  sh::StderrLogger log(ParseLevel(cfg->log_level), std::getenv("JOURNAL_STREAM") != nullptr);
+  auto state = cf::companion::LoadCompanionState(*cfg, fs, {});
+  if (!state) return Fail(state.error());
+  auto tls_chain = fs.ReadFile(cfg->est.tls_cert_file, 1 << 20);
+  if (!tls_chain) return Fail(tls_chain.error());
+  auto tls_key = state->keys->Load(cfg->est.tls_key_slot);
+  if (!tls_key) return Fail(tls_key.error().WithContext("EST TLS key"));
+
+  // Signals are handled by one thread with sigwait; block them everywhere else first.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  cf::companion::EstService service(*state, sh::SystemClock::Instance(), log);
+  cf::companion::EstServer server(service, state->config.est, *tls_chain, (*tls_key)->pkey(), log);
+  auto bound = server.Bind();
+  if (!bound) return Fail(bound.error());
+  if (!ready_file.empty()) {
+    sh::Status st = fs.WriteFileAtomic(ready_file, *bound + "\n", 0644);
+    if (!st.ok()) return Fail(st);
+  }
+  log.Info("EST server listening", {{"address", *bound}, {"config", config_path}});
+
+  std::thread waiter([&] {
+    for (;;) {
+      int sig = 0;
+      if (sigwait(&signals, &sig) != 0) continue;
+      if (sig == SIGHUP) {
+        log.Warn("SIGHUP: configuration reload is not supported yet; restart to apply changes");
+        continue;
+      }
+      log.Info("stopping", {{"signal", std::to_string(sig)}});
+      server.Stop();
+      return;
+    }
+  });
+  sh::Status st = server.Serve();
+  if (!st.ok()) {
+    // The listener failed on its own: wake the signal thread so it can end.
+    kill(getpid(), SIGTERM);
+  }
+  waiter.join();
+  if (!st.ok()) return Fail(st);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"certfleet-companion: the fleet's CA and EST server"};
+  app.require_subcommand(1);
+
+  cf::companion::InitOptions init;
+  std::vector<std::string> hostnames;
+  std::string key_type = "ec-p256";
+  auto* init_cmd = app.add_subcommand("init", "create a companion state directory (CA, registry, config)");
+  init_cmd->add_option("--state-dir", init.state_dir, "state directory (absolute path)")->required();
+  init_cmd->add_option("--hostname", hostnames, "names the EST server certificate covers (repeatable)");
+  init_cmd->add_option("--est-listen", init.est_listen, "EST listen address written to the config");
+  init_cmd->add_option("--ca-key-type", key_type, "CA key type: ec-p256, ec-p384, rsa-2048, rsa-3072");
+  init_cmd->add_option("--organization", init.organization, "name used in the CA subjects");
+  init_cmd->add_option("--import-ca-cert", init.import_ca_cert_file, "PEM chain: issuing CA first, root last");
+  init_cmd->add_option("--import-ca-key", init.import_ca_key_file, "PEM private key of the issuing CA");
+
+  std::string config_path = "/etc/certfleet/companion.toml";
+  std::string listen_override;
+  std::string ready_file;
+  auto* serve_cmd = app.add_subcommand("serve", "serve EST in the foreground");
+  serve_cmd->add_option("--config", config_path, "companion.toml");
+  serve_cmd->add_option("--est-listen", listen_override, "override est.listen (ADDR:PORT, port 0 = any)");
+  serve_cmd->add_option("--ready-file", ready_file, "write the bound address here once listening");
+
+  CLI11_PARSE(app, argc, argv);
+
+  if (*init_cmd) {
+    sh::StderrLogger log;
+    if (!hostnames.empty()) init.hostnames = hostnames;
+    auto kt = sh::ParseKeyType(key_type);
+    if (!kt) return Fail(kt.error().WithContext("--ca-key-type"));
+    init.ca_key_type = *kt;
+    auto path = cf::companion::InitCompanion(init, sh::PosixFilesystem::Instance(), sh::SystemClock::Instance(), log);
+    if (!path) return Fail(path.error());
+    std::printf("%s\n", path->c_str());
+    return 0;
+  }
+  return RunServe(config_path, listen_override, ready_file);
+}

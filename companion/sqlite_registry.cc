@@ -1,0 +1,297 @@
+// SQLite implementation of the registry. One connection, serialized by a mutex;
+// WAL + synchronous=FULL, so a committed transaction survives power loss.
+#include <mutex>
+
+#include "companion/registry.h"
+#include "shared/sqlite/sqlite.h"
+
+namespace certfleet::companion {
+
+using shared::Code;
+using shared::Database;
+using shared::Statement;
+using shared::Transaction;
+
+std::string_view CertStatusName(CertStatus s) {
+  switch (s) {
+    case CertStatus::kPendingActivation: return "PENDING_ACTIVATION";
+    case CertStatus::kActive: return "ACTIVE";
+    case CertStatus::kInactive: return "INACTIVE";
+    case CertStatus::kRevoked: return "REVOKED";
+  }
+  return "UNKNOWN";
+}
+
+Result<CertStatus> ParseCertStatus(std::string_view s) {
+  for (CertStatus c : {CertStatus::kPendingActivation, CertStatus::kActive, CertStatus::kInactive, CertStatus::kRevoked}) {
+    if (CertStatusName(c) == s) return c;
+  }
+  return shared::Error(Code::kDataLoss, "unknown certificate status '" + std::string(s) + "'");
+}
+
+namespace {
+
+// Schema versions. Append only: never edit a migration that has shipped.
+constexpr std::string_view kMigration1 = R"sql(
+CREATE TABLE things (
+  name        TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 128),
+  created_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE certificates (
+  id             TEXT PRIMARY KEY CHECK (length(id) = 64 AND id NOT GLOB '*[^0-9a-f]*'),
+  thing_name     TEXT NOT NULL REFERENCES things(name),
+  serial         TEXT NOT NULL UNIQUE CHECK (length(serial) BETWEEN 1 AND 40),
+  subject        TEXT NOT NULL,
+  not_before     INTEGER NOT NULL,
+  not_after      INTEGER NOT NULL CHECK (not_after > not_before),
+  issued_at      INTEGER NOT NULL,
+  status         TEXT NOT NULL CHECK (status IN ('PENDING_ACTIVATION', 'ACTIVE', 'INACTIVE', 'REVOKED')),
+  source         TEXT NOT NULL,
+  superseded_by  TEXT REFERENCES certificates(id) DEFERRABLE INITIALLY DEFERRED,
+  superseded_at  INTEGER,
+  pem            TEXT NOT NULL,
+  CHECK ((superseded_by IS NULL) = (superseded_at IS NULL))
+) STRICT;
+CREATE INDEX certificates_by_thing ON certificates(thing_name, issued_at);
+-- The invariant: at most one current (active, not superseded) certificate per thing.
+CREATE UNIQUE INDEX one_current_certificate_per_thing
+  ON certificates(thing_name) WHERE status = 'ACTIVE' AND superseded_by IS NULL;
+
+CREATE TABLE enrollment_tokens (
+  token_hash    TEXT PRIMARY KEY CHECK (length(token_hash) = 64),
+  serial        TEXT NOT NULL CHECK (length(serial) BETWEEN 1 AND 128),
+  created_at    INTEGER NOT NULL,
+  expires_at    INTEGER NOT NULL CHECK (expires_at > created_at),
+  used_at       INTEGER,
+  used_by_cert  TEXT UNIQUE REFERENCES certificates(id),
+  CHECK ((used_at IS NULL) = (used_by_cert IS NULL))
+) STRICT;
+
+CREATE TABLE security_events (
+  id       INTEGER PRIMARY KEY,
+  at       INTEGER NOT NULL,
+  kind     TEXT NOT NULL,
+  subject  TEXT NOT NULL,
+  detail   TEXT NOT NULL
+) STRICT;
+CREATE INDEX security_events_by_time ON security_events(at);
+)sql";
+
+int64_t Secs(WallTime t) { return shared::ToUnixSeconds(t); }
+WallTime Wall(int64_t s) { return shared::FromUnixSeconds(s); }
+
+constexpr std::string_view kCertColumns =
+    "id, thing_name, serial, subject, not_before, not_after, issued_at, status, source, superseded_by, "
+    "superseded_at, pem";
+
+Result<CertRecord> ReadCert(const Statement& st) {
+  CertRecord c;
+  c.id = st.Text(0);
+  c.thing_name = st.Text(1);
+  c.serial = st.Text(2);
+  c.subject = st.Text(3);
+  c.not_before = Wall(st.Int(4));
+  c.not_after = Wall(st.Int(5));
+  c.issued_at = Wall(st.Int(6));
+  CF_ASSIGN_OR_RETURN(c.status, ParseCertStatus(st.Text(7)));
+  c.source = st.Text(8);
+  if (!st.IsNull(9)) c.superseded_by = st.Text(9);
+  if (!st.IsNull(10)) c.superseded_at = Wall(st.Int(10));
+  c.pem = st.Text(11);
+  return c;
+}
+
+class SqliteRegistry final : public Registry {
+ public:
+  explicit SqliteRegistry(Database db) : db_(std::move(db)) {}
+
+  Status RecordIssued(const IssueRecord& rec, WallTime now) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_));
+    const CertRecord& c = rec.cert;
+
+    if (rec.token_hash) {
+      CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
+          "SELECT serial, expires_at, used_at FROM enrollment_tokens WHERE token_hash = ?1"));
+      q.Bind(1, *rec.token_hash);
+      CF_ASSIGN_OR_RETURN(bool found, q.Step());
+      if (!found) return Status(Code::kFailedPrecondition, "unknown enrollment token");
+      if (!q.IsNull(2)) return Status(Code::kFailedPrecondition, "enrollment token already used");
+      if (q.Int(1) <= Secs(now)) return Status(Code::kFailedPrecondition, "enrollment token expired");
+      if (q.Text(0) != c.thing_name) {
+        return Status(Code::kFailedPrecondition, "enrollment token is bound to another serial");
+      }
+    }
+
+    CF_ASSIGN_OR_RETURN(Statement thing, db_.Prepare(
+        "INSERT INTO things(name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING"));
+    thing.Bind(1, c.thing_name).Bind(2, Secs(now));
+    CF_RETURN_IF_ERROR(thing.Run());
+
+    CF_ASSIGN_OR_RETURN(Statement cur, db_.Prepare(
+        "SELECT id FROM certificates WHERE thing_name = ?1 AND status = 'ACTIVE' AND superseded_by IS NULL"));
+    cur.Bind(1, c.thing_name);
+    CF_ASSIGN_OR_RETURN(bool has_current, cur.Step());
+    std::optional<std::string> current_id;
+    if (has_current) current_id = cur.Text(0);
+    if (rec.require_no_current && current_id) {
+      return Status(Code::kFailedPrecondition,
+                    "thing '" + c.thing_name + "' already has an active certificate; use re-enrollment");
+    }
+
+    // Move the current pointer first (the foreign key to the new row is checked at
+    // commit), then insert the new certificate as the current one.
+    if (c.status == CertStatus::kActive && current_id) {
+      CF_ASSIGN_OR_RETURN(Statement sup, db_.Prepare(
+          "UPDATE certificates SET superseded_by = ?1, superseded_at = ?2 WHERE id = ?3"));
+      sup.Bind(1, c.id).Bind(2, Secs(now)).Bind(3, *current_id);
+      CF_RETURN_IF_ERROR(sup.Run());
+    }
+    if (rec.replaces_cert_id && rec.replaces_cert_id != current_id) {
+      // A retried re-enrollment with an already superseded certificate: point it at
+      // the newest successor.
+      CF_ASSIGN_OR_RETURN(Statement sup, db_.Prepare(
+          "UPDATE certificates SET superseded_by = ?1 WHERE id = ?2 AND thing_name = ?3"));
+      sup.Bind(1, c.id).Bind(2, *rec.replaces_cert_id).Bind(3, c.thing_name);
+      CF_RETURN_IF_ERROR(sup.Run());
+    }
+    CF_ASSIGN_OR_RETURN(Statement ins, db_.Prepare(
+        "INSERT INTO certificates(id, thing_name, serial, subject, not_before, not_after, issued_at, status, "
+        "source, pem) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"));
+    ins.Bind(1, c.id).Bind(2, c.thing_name).Bind(3, c.serial).Bind(4, c.subject);
+    ins.Bind(5, Secs(c.not_before)).Bind(6, Secs(c.not_after)).Bind(7, Secs(now));
+    ins.Bind(8, CertStatusName(c.status)).Bind(9, c.source).Bind(10, c.pem);
+    CF_RETURN_IF_ERROR(ins.Run());
+
+    if (rec.token_hash) {
+      CF_ASSIGN_OR_RETURN(Statement use, db_.Prepare(
+          "UPDATE enrollment_tokens SET used_at = ?1, used_by_cert = ?2 "
+          "WHERE token_hash = ?3 AND used_at IS NULL AND expires_at > ?1"));
+      use.Bind(1, Secs(now)).Bind(2, c.id).Bind(3, *rec.token_hash);
+      CF_RETURN_IF_ERROR(use.Run());
+      if (db_.Changes() != 1) return Status(Code::kFailedPrecondition, "enrollment token already used");
+    }
+    return tx.Commit();
+  }
+
+  Result<std::optional<CertRecord>> FindCert(const std::string& id) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare("SELECT " + std::string(kCertColumns) +
+                                                 " FROM certificates WHERE id = ?1"));
+    q.Bind(1, id);
+    CF_ASSIGN_OR_RETURN(bool row, q.Step());
+    if (!row) return std::optional<CertRecord>();
+    CF_ASSIGN_OR_RETURN(CertRecord c, ReadCert(q));
+    return std::optional<CertRecord>(std::move(c));
+  }
+
+  Result<std::vector<CertRecord>> ListCerts(const std::string& thing, int64_t limit) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
+        "SELECT " + std::string(kCertColumns) +
+        " FROM certificates WHERE (?1 = '' OR thing_name = ?1) ORDER BY issued_at, rowid LIMIT ?2"));
+    q.Bind(1, thing).Bind(2, limit);
+    std::vector<CertRecord> out;
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, q.Step());
+      if (!row) break;
+      CF_ASSIGN_OR_RETURN(CertRecord c, ReadCert(q));
+      out.push_back(std::move(c));
+    }
+    return out;
+  }
+
+  Result<std::vector<ThingRecord>> ListThings(int64_t limit) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
+        "SELECT t.name, t.created_at, c.id, c.not_after FROM things t LEFT JOIN certificates c "
+        "ON c.thing_name = t.name AND c.status = 'ACTIVE' AND c.superseded_by IS NULL "
+        "ORDER BY t.name LIMIT ?1"));
+    q.Bind(1, limit);
+    std::vector<ThingRecord> out;
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, q.Step());
+      if (!row) break;
+      ThingRecord t;
+      t.name = q.Text(0);
+      t.created_at = Wall(q.Int(1));
+      if (!q.IsNull(2)) {
+        t.current_cert_id = q.Text(2);
+        t.current_not_after = Wall(q.Int(3));
+      }
+      out.push_back(std::move(t));
+    }
+    return out;
+  }
+
+  Status CreateToken(const std::string& token_hash, const std::string& serial, WallTime now,
+                     WallTime expires_at) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
+        "INSERT INTO enrollment_tokens(token_hash, serial, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)"));
+    q.Bind(1, token_hash).Bind(2, serial).Bind(3, Secs(now)).Bind(4, Secs(expires_at));
+    return q.Run();
+  }
+
+  Result<std::optional<TokenRecord>> FindToken(const std::string& token_hash) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
+        "SELECT serial, created_at, expires_at, used_at FROM enrollment_tokens WHERE token_hash = ?1"));
+    q.Bind(1, token_hash);
+    CF_ASSIGN_OR_RETURN(bool row, q.Step());
+    if (!row) return std::optional<TokenRecord>();
+    TokenRecord t;
+    t.serial = q.Text(0);
+    t.created_at = Wall(q.Int(1));
+    t.expires_at = Wall(q.Int(2));
+    if (!q.IsNull(3)) t.used_at = Wall(q.Int(3));
+    return std::optional<TokenRecord>(std::move(t));
+  }
+
+  Status RecordSecurityEvent(const SecurityEvent& e) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
+        "INSERT INTO security_events(at, kind, subject, detail) VALUES (?1, ?2, ?3, ?4)"));
+    q.Bind(1, Secs(e.at)).Bind(2, e.kind).Bind(3, e.subject).Bind(4, e.detail);
+    return q.Run();
+  }
+
+  Result<std::vector<SecurityEvent>> ListSecurityEvents(int64_t limit) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
+        "SELECT id, at, kind, subject, detail FROM security_events ORDER BY id DESC LIMIT ?1"));
+    q.Bind(1, limit);
+    std::vector<SecurityEvent> out;
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, q.Step());
+      if (!row) break;
+      out.push_back({q.Int(0), Wall(q.Int(1)), q.Text(2), q.Text(3), q.Text(4)});
+    }
+    return out;
+  }
+
+ private:
+  std::mutex mu_;
+  Database db_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Registry>> OpenSqliteRegistry(const std::string& path, const SqliteRegistryOptions& options) {
+  Database::Options db_options;
+  db_options.read_only = options.read_only;
+  CF_ASSIGN_OR_RETURN(Database db, Database::Open(path, db_options));
+  if (!options.read_only) {
+    CF_RETURN_IF_ERROR(db.Migrate({kMigration1}).WithContext("registry " + path));
+  } else {
+    CF_ASSIGN_OR_RETURN(int version, db.SchemaVersion());
+    if (version != 1) {
+      return shared::Error(Code::kFailedPrecondition,
+                           "registry " + path + " has schema version " + std::to_string(version) + ", expected 1");
+    }
+  }
+  return std::unique_ptr<Registry>(std::make_unique<SqliteRegistry>(std::move(db)));
+}
+
+}  // namespace certfleet::companion
