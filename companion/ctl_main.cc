@@ -73,6 +73,11 @@ int main(int argc, char** argv) {
   certs_list->add_flag("--json", as_json, "JSON output");
   certs_list->add_option("--thing", thing_filter, "only this thing's certificates");
   certs_list->add_option("--limit", limit, "at most this many rows")->check(CLI::Range(int64_t{1}, int64_t{10000000}));
+  std::string cert_id;
+  auto* certs_revoke = certs->add_subcommand("revoke", "mark a certificate REVOKED (final)");
+  certs_revoke->add_option("ID", cert_id, "certificate id (SHA-256 fingerprint, 64 hex)")->required();
+  auto* certs_deactivate = certs->add_subcommand("deactivate", "mark a certificate INACTIVE");
+  certs_deactivate->add_option("ID", cert_id, "certificate id (SHA-256 fingerprint, 64 hex)")->required();
   auto* things = app.add_subcommand("things", "things")->require_subcommand(1);
   auto* things_list = things->add_subcommand("list", "list things");
   things_list->add_flag("--json", as_json, "JSON output");
@@ -147,6 +152,16 @@ int main(int argc, char** argv) {
       }
       PrintTable(rows);
     }
+    return 0;
+  }
+
+  if (*certs_revoke || *certs_deactivate) {
+    auto state = Open(config_path, true);
+    if (!state) return Fail(state.error());
+    auto status = *certs_revoke ? cf::companion::CertStatus::kRevoked : cf::companion::CertStatus::kInactive;
+    sh::Status st = state->registry->SetCertStatus(cert_id, status);
+    if (!st.ok()) return Fail(st);
+    std::printf("%s %s\n", cert_id.c_str(), std::string(cf::companion::CertStatusName(status)).c_str());
     return 0;
   }
 

@@ -61,7 +61,13 @@ std::optional<BasicCredentials> ParseBasic(std::string_view header) {
   if (header.size() < 6 || Lower(header.substr(0, 6)) != "basic ") return std::nullopt;
   auto decoded = sh::Base64Decode(header.substr(6));
   if (!decoded) return std::nullopt;
-  auto colon = decoded->find(':');
+  struct Wipe {
+    std::string& s;
+    ~Wipe() { OPENSSL_cleanse(s.data(), s.size()); }
+  } wipe{*decoded};
+  // The user is the device serial, which may contain ':' (MAC-style serials are
+  // allowed by certfleetctl); tokens never do, so split at the last colon.
+  auto colon = decoded->rfind(':');
   if (colon == std::string::npos) return std::nullopt;
   return BasicCredentials{decoded->substr(0, colon), decoded->substr(colon + 1)};
 }
@@ -310,6 +316,15 @@ EstResponse EstService::Reenroll(const EstRequest& req) {
   }
   if (current.superseded_at && *current.superseded_at + state_.config.est.superseded_grace <= now) {
     return Reject(req, 403, "superseded_certificate", who, "client certificate was replaced and its grace period is over");
+  }
+  if (current.superseded_by) {
+    // A replaced certificate may ask again only while its replacement stands: once the
+    // operator revoked or deactivated the replacement, the old one must not bring it back.
+    auto successor = state_.registry->FindCert(*current.superseded_by);
+    if (!successor) return Text(503, "registry unavailable");
+    if (!*successor || (*successor)->status != CertStatus::kActive) {
+      return Reject(req, 403, "superseded_certificate", who, "client certificate was replaced and its replacement is no longer active");
+    }
   }
 
   ParsedCsr parsed = ParseCsrBody(req);

@@ -40,7 +40,7 @@ inline constexpr char kPkcs10[] = "application/pkcs10";
 
 class EstService {
  public:
-  // `state` must outlive the service.
+  // `state` must outlive the service and have its registry and issuer loaded.
   EstService(CompanionState& state, const shared::Clock& clock, shared::Logger& log);
 
   EstResponse Handle(const EstRequest& request);

@@ -86,6 +86,10 @@ class Registry {
   // thing has a current certificate; kAlreadyExists on a duplicate id or serial.
   virtual Status RecordIssued(const IssueRecord& rec, WallTime now) = 0;
 
+  // Moves a certificate to `status` (an operator's revoke or deactivate). kNotFound
+  // for an unknown id; kFailedPrecondition for a REVOKED certificate (final).
+  virtual Status SetCertStatus(const std::string& id, CertStatus status) = 0;
+
   virtual Result<std::optional<CertRecord>> FindCert(const std::string& id) = 0;
   // Certificates in issue order; `thing` filters when non-empty.
   virtual Result<std::vector<CertRecord>> ListCerts(const std::string& thing, int64_t limit) = 0;

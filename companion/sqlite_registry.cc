@@ -175,6 +175,22 @@ class SqliteRegistry final : public Registry {
     return tx.Commit();
   }
 
+  Status SetCertStatus(const std::string& id, CertStatus status) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_));
+    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare("SELECT status FROM certificates WHERE id = ?1"));
+    q.Bind(1, id);
+    CF_ASSIGN_OR_RETURN(bool found, q.Step());
+    if (!found) return Status(Code::kNotFound, "no certificate " + id);
+    if (q.Text(0) == CertStatusName(CertStatus::kRevoked) && status != CertStatus::kRevoked) {
+      return Status(Code::kFailedPrecondition, "certificate " + id + " is revoked; that is final");
+    }
+    CF_ASSIGN_OR_RETURN(Statement u, db_.Prepare("UPDATE certificates SET status = ?1 WHERE id = ?2"));
+    u.Bind(1, CertStatusName(status)).Bind(2, id);
+    CF_RETURN_IF_ERROR(u.Run());
+    return tx.Commit();
+  }
+
   Result<std::optional<CertRecord>> FindCert(const std::string& id) override {
     std::lock_guard lock(mu_);
     CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare("SELECT " + std::string(kCertColumns) +

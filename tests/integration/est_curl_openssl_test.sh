@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The companion's EST server against curl + openssl as an independent client.
+source "$(dirname "$0")/lib.sh"
+
+cd "$WORK"
+# A claim CA and a claim certificate, as a factory would make them.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout claim-ca.key -subj "/CN=test claim CA" \
+  -days 30 -out claim-ca.pem 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout claim.key -subj "/CN=claim-batch-7" \
+  -out claim.csr 2>/dev/null
+openssl x509 -req -in claim.csr -CA claim-ca.pem -CAkey claim-ca.key -CAcreateserial -days 30 -out claim.pem 2>/dev/null
+
+"$COMPANION" init --state-dir "$WORK/state" >/dev/null 2>&1
+set_config_key "$WORK/state/companion.toml" est bootstrap_trust_file "\"$WORK/claim-ca.pem\""
+set_config_key "$WORK/state/companion.toml" est labels '["fleet-a"]'
+set_config_key "$WORK/state/companion.toml" est max_body_bytes 8192
+start_companion "$WORK/state"
+URL=https://$COMPANION_ADDR/.well-known/est
+"$CTL" --config "$COMPANION_CONFIG" ca cert >root.pem
+cp state/ca/issuing.pem issuing.pem
+
+# cacerts, with and without a label, over TLS 1.2 and 1.3.
+for tls in "--tlsv1.2 --tls-max 1.2" "--tlsv1.3"; do
+  # shellcheck disable=SC2086
+  check_eq "cacerts 200 ($tls)" 200 "$(http_status $tls --cacert root.pem "$URL/cacerts")"
+done
+check_eq "cacerts with label" 200 "$(http_status --cacert root.pem "$URL/fleet-a/cacerts")"
+check_eq "unknown label 404" 404 "$(http_status --cacert root.pem "$URL/nope/cacerts")"
+curl -sS -D headers.txt --cacert root.pem "$URL/cacerts" -o cacerts.b64
+check "cacerts content type is exact" grep -qx $'Content-Type: application/pkcs7-mime\r' headers.txt
+check "cacerts has Content-Length" grep -qi '^Content-Length: ' headers.txt
+check "cacerts base64 lines are at most 64 columns" bash -c "! awk 'length(\$0) > 64' cacerts.b64 | grep -q ."
+check "cacerts body ends with a newline" bash -c "[ \"\$(tail -c1 cacerts.b64 | od -An -c | tr -d ' ')\" = '\\n' ]"
+check "cacerts parses as PKCS#7 with two certificates" bash -c "base64 -d cacerts.b64 | openssl pkcs7 -inform DER -print_certs | grep -c BEGIN | grep -qx 2"
+check_eq "csrattrs 204" 204 "$(http_status --cacert root.pem "$URL/csrattrs")"
+
+# simpleenroll with a one-time token (HTTP Basic), EC and RSA.
+TOKEN=$("$CTL" --config "$COMPANION_CONFIG" token create --serial gw-ec 2>/dev/null)
+make_csr ec gw-ec ec.csr.b64 ec.key
+check_eq "token enroll (EC)" 200 "$(http_status --cacert root.pem -u "gw-ec:$TOKEN" -H 'Content-Type: application/pkcs10' --data-binary @ec.csr.b64 "$URL/simpleenroll")"
+cp body.out ec.p7.b64
+pkcs7_to_pem ec.p7.b64 ec.pem
+check "issued certificate chains to the root" openssl verify -CAfile root.pem -untrusted issuing.pem ec.pem
+check "issued certificate has clientAuth" bash -c "openssl x509 -in ec.pem -noout -ext extendedKeyUsage | grep -q 'TLS Web Client Authentication'"
+check_eq "issued CN is the serial" "subject=CN = gw-ec" "$(openssl x509 -in ec.pem -noout -subject)"
+check_eq "token reuse 401" 401 "$(http_status --cacert root.pem -u "gw-ec:$TOKEN" -H 'Content-Type: application/pkcs10' --data-binary @ec.csr.b64 "$URL/simpleenroll")"
+
+TOKEN=$("$CTL" --config "$COMPANION_CONFIG" token create --serial gw-rsa 2>/dev/null)
+make_csr rsa1024 gw-rsa weak.csr.b64
+check_eq "RSA 1024 refused 400" 400 "$(http_status --cacert root.pem -u "gw-rsa:$TOKEN" -H 'Content-Type: application/pkcs10' --data-binary @weak.csr.b64 "$URL/simpleenroll")"
+check_eq "wrong content type 415" 415 "$(http_status --cacert root.pem -u "gw-rsa:$TOKEN" -H 'Content-Type: text/plain' --data-binary @weak.csr.b64 "$URL/simpleenroll")"
+check_eq "malformed base64 400" 400 "$(http_status --cacert root.pem -u "gw-rsa:$TOKEN" -H 'Content-Type: application/pkcs10' --data-binary 'not*base64!' "$URL/simpleenroll")"
+check_eq "not a DER CSR 400" 400 "$(http_status --cacert root.pem -u "gw-rsa:$TOKEN" -H 'Content-Type: application/pkcs10' --data-binary "$(head -c 300 /dev/urandom | base64)" "$URL/simpleenroll")"
+make_csr rsa2048 gw-rsa rsa.csr.b64
+# Flip one byte near the end of the DER: the signature no longer verifies.
+base64 -d rsa.csr.b64 >rsa.der
+python3 -c "import sys; d=bytearray(open('rsa.der','rb').read()); d[-5]^=1; open('bad.der','wb').write(d)"
+base64 bad.der >bad.csr.b64
+check_eq "bad CSR signature 400" 400 "$(http_status --cacert root.pem -u "gw-rsa:$TOKEN" -H 'Content-Type: application/pkcs10' --data-binary @bad.csr.b64 "$URL/simpleenroll")"
+head -c 20000 /dev/zero | base64 >big.b64
+check_eq "oversized body 413" 413 "$(http_status --cacert root.pem -u "gw-rsa:$TOKEN" -H 'Content-Type: application/pkcs10' --data-binary @big.b64 "$URL/simpleenroll")"
+check_eq "chunked request and RSA 2048 with the same token (not consumed by failures)" 200 "$(http_status --cacert root.pem -u "gw-rsa:$TOKEN" -H 'Transfer-Encoding: chunked' -H 'Content-Type: application/pkcs10; charset=us-ascii' --data-binary @rsa.csr.b64 "$URL/fleet-a/simpleenroll")"
+check_eq "no credentials 401" 401 "$(http_status --cacert root.pem -H 'Content-Type: application/pkcs10' --data-binary @rsa.csr.b64 "$URL/simpleenroll")"
+check "401 carries WWW-Authenticate Basic" bash -c "curl -sS -D - -o /dev/null --cacert '$WORK/root.pem' -H 'Content-Type: application/pkcs10' --data-binary @'$WORK/rsa.csr.b64' '$URL/simpleenroll' | grep -qi '^WWW-Authenticate: Basic'"
+check_eq "unknown path 404" 404 "$(http_status --cacert root.pem "$URL/serverkeygenx")"
+check_eq "GET simpleenroll 405" 405 "$(http_status --cacert root.pem "$URL/simpleenroll")"
+TOKEN2=$("$CTL" --config "$COMPANION_CONFIG" token create --serial gw-x 2>/dev/null)
+make_csr ec gw-other other.csr.b64
+check_eq "CN other than the token's serial 403" 403 "$(http_status --cacert root.pem -u "gw-x:$TOKEN2" -H 'Content-Type: application/pkcs10' --data-binary @other.csr.b64 "$URL/simpleenroll")"
+check_eq "token of another serial 401" 401 "$(http_status --cacert root.pem -u "gw-other:$TOKEN2" -H 'Content-Type: application/pkcs10' --data-binary @other.csr.b64 "$URL/simpleenroll")"
+
+# simpleenroll with a claim certificate.
+make_csr ec gw-claimed claimed.csr.b64 claimed.key
+check_eq "claim certificate enroll" 200 "$(http_status --cacert root.pem --cert claim.pem --key claim.key -H 'Content-Type: application/pkcs10' --data-binary @claimed.csr.b64 "$URL/simpleenroll")"
+check_eq "claim enroll of an existing thing 403" 403 "$(http_status --cacert root.pem --cert claim.pem --key claim.key -H 'Content-Type: application/pkcs10' --data-binary @claimed.csr.b64 "$URL/simpleenroll")"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout rogue.key -subj "/CN=rogue" -days 3 -out rogue.pem 2>/dev/null
+make_csr ec gw-rogue rogue.csr.b64
+check_eq "unknown client certificate enroll 403" 403 "$(http_status --cacert root.pem --cert rogue.pem --key rogue.key -H 'Content-Type: application/pkcs10' --data-binary @rogue.csr.b64 "$URL/simpleenroll")"
+
+# simplereenroll over mTLS with the current certificate.
+make_csr ec gw-ec ec2.csr.b64 ec2.key
+check_eq "reenroll (rekey, TLS 1.3)" 200 "$(http_status --tlsv1.3 --cacert root.pem --cert ec.pem --key ec.key -H 'Content-Type: application/pkcs10' --data-binary @ec2.csr.b64 "$URL/simplereenroll")"
+pkcs7_to_pem body.out ec2.pem
+check_eq "reenrolled subject unchanged" "subject=CN = gw-ec" "$(openssl x509 -in ec2.pem -noout -subject)"
+check "reenrolled certificate chains to the root" openssl verify -CAfile root.pem -untrusted issuing.pem ec2.pem
+make_csr ec gw-ec ec3.csr.b64 ec3.key
+check_eq "reenroll (TLS 1.2)" 200 "$(http_status --tlsv1.2 --tls-max 1.2 --cacert root.pem --cert ec2.pem --key ec2.key -H 'Content-Type: application/pkcs10' --data-binary @ec3.csr.b64 "$URL/simplereenroll")"
+pkcs7_to_pem body.out ec3.pem
+check_eq "renew with the same key" 200 "$(http_status --cacert root.pem --cert ec3.pem --key ec3.key -H 'Content-Type: application/pkcs10' --data-binary @ec3.csr.b64 "$URL/simplereenroll")"
+make_csr ec gw-renamed renamed.csr.b64
+check_eq "reenroll changing the subject 403" 403 "$(http_status --cacert root.pem --cert ec3.pem --key ec3.key -H 'Content-Type: application/pkcs10' --data-binary @renamed.csr.b64 "$URL/simplereenroll")"
+check_eq "reenroll without a client certificate 401" 401 "$(http_status --cacert root.pem -H 'Content-Type: application/pkcs10' --data-binary @ec3.csr.b64 "$URL/simplereenroll")"
+check_eq "reenroll with a claim certificate 403" 403 "$(http_status --cacert root.pem --cert claim.pem --key claim.key -H 'Content-Type: application/pkcs10' --data-binary @ec3.csr.b64 "$URL/simplereenroll")"
+# A certificate signed by the issuing CA that the registry never recorded.
+openssl req -new -key ec3.key -subj "/CN=gw-ec" -out forged.csr 2>/dev/null
+openssl x509 -req -in forged.csr -CA issuing.pem -CAkey state/keys/issuing-ca.key.pem -CAcreateserial -days 5 -out forged.pem 2>/dev/null
+check_eq "reenroll with an unknown certificate 403" 403 "$(http_status --cacert root.pem --cert forged.pem --key ec3.key -H 'Content-Type: application/pkcs10' --data-binary @ec3.csr.b64 "$URL/simplereenroll")"
+# Revoke the first certificate and try to reenroll with it.
+ID=$(openssl x509 -in ec.pem -outform DER | sha256sum | cut -d' ' -f1)
+check "certfleetctl certs revoke" "$CTL" --config "$COMPANION_CONFIG" certs revoke "$ID"
+check_eq "reenroll with a revoked certificate 403" 403 "$(http_status --cacert root.pem --cert ec.pem --key ec.key -H 'Content-Type: application/pkcs10' --data-binary @ec2.csr.b64 "$URL/simplereenroll")"
+check_fails "TLS 1.1 is refused" curl -sS --tlsv1.1 --tls-max 1.1 --cacert root.pem "$URL/cacerts"
+
+# The registry agrees with what was handed out.
+"$CTL" --config "$COMPANION_CONFIG" certs list --json >certs.json
+check_eq "certificates recorded" 6 "$(python3 -c "import json; print(len(json.load(open('certs.json'))))")"
+check_eq "one current certificate for gw-ec" 1 "$(python3 -c "import json; print(sum(1 for c in json.load(open('certs.json')) if c['thingName']=='gw-ec' and c['current']))")"
+"$CTL" --config "$COMPANION_CONFIG" things list --json >things.json
+check_eq "things recorded" "gw-claimed gw-ec gw-rsa" "$(python3 -c "import json; print(' '.join(t['thingName'] for t in json.load(open('things.json'))))")"
+check "no token appears in the companion log" bash -c "! grep -qF '$TOKEN' '$WORK/companion.log'"
+
+finish

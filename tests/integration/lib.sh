@@ -1,0 +1,107 @@
+# Helpers for the cross-process tests. Each test sources this file, calls setup,
+# and gets: $WORK (temp dir, removed on exit), $BIN (build dir), companion control,
+# and check functions that count passes and failures.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+BIN=${1:?usage: $0 BUILD_DIR}
+BIN=$(cd "$BIN" && pwd)
+COMPANION=$BIN/companion/certfleet-companion
+CTL=$BIN/companion/certfleetctl
+AGENT=$BIN/agent/certfleet-agent
+WORK=$(mktemp -d)
+PASSED=0
+FAILED=0
+PIDS=()
+
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+pass() { PASSED=$((PASSED + 1)); echo "ok - $1"; }
+fail() { FAILED=$((FAILED + 1)); echo "FAILED - $1"; }
+
+# check NAME COMMAND...: passes when the command succeeds.
+check() {
+  local name=$1; shift
+  local rc=0
+  "$@" >"$WORK/cmd.out" 2>&1 || rc=$?
+  cp "$WORK/cmd.out" "$WORK/last.out"
+  if [ $rc -eq 0 ]; then pass "$name"; else fail "$name"; sed 's/^/    /' "$WORK/last.out" | head -20; fi
+}
+# check_fails NAME COMMAND...: passes when the command fails.
+check_fails() {
+  local name=$1; shift
+  local rc=0
+  "$@" >"$WORK/cmd.out" 2>&1 || rc=$?
+  cp "$WORK/cmd.out" "$WORK/last.out"
+  if [ $rc -ne 0 ]; then pass "$name"; else fail "$name (unexpectedly succeeded)"; fi
+}
+# check_eq NAME EXPECTED ACTUAL
+check_eq() {
+  if [ "$2" = "$3" ]; then pass "$1"; else fail "$1: expected '$2', got '$3'"; fi
+}
+
+finish() {
+  echo "$PASSED passed, $FAILED failed"
+  [ "$FAILED" -eq 0 ]
+}
+
+# wait_for_file FILE SECONDS: polls with a deadline (no fixed sleeps).
+wait_for_file() {
+  local file=$1 deadline=$((SECONDS + $2))
+  while [ ! -s "$file" ]; do
+    if [ $SECONDS -ge $deadline ]; then echo "timed out waiting for $file" >&2; return 1; fi
+    sleep 0.05
+  done
+}
+
+# start_companion STATE_DIR: init (if needed) and serve on an ephemeral port.
+# Sets COMPANION_ADDR and COMPANION_CONFIG.
+start_companion() {
+  local state=$1
+  COMPANION_CONFIG=$state/companion.toml
+  [ -f "$COMPANION_CONFIG" ] || "$COMPANION" init --state-dir "$state" >/dev/null 2>"$WORK/init.log"
+  rm -f "$state/ready"
+  "$COMPANION" serve --config "$COMPANION_CONFIG" --est-listen 127.0.0.1:0 --ready-file "$state/ready" \
+    >>"$WORK/companion.log" 2>&1 &
+  COMPANION_PID=$!
+  PIDS+=("$COMPANION_PID")
+  wait_for_file "$state/ready" 20
+  COMPANION_ADDR=$(cat "$state/ready")
+}
+
+stop_companion() {
+  kill "$COMPANION_PID" 2>/dev/null || true
+  wait "$COMPANION_PID" 2>/dev/null || true
+}
+
+# set_config_key FILE TABLE KEY VALUE: inserts "KEY = VALUE" right after "[TABLE]".
+set_config_key() {
+  local file=$1 table=$2 key=$3 value=$4
+  sed -i "/^${key} = /d" "$file"
+  sed -i "/^\[${table}\]\$/a ${key} = ${value}" "$file"
+}
+
+# HTTP status of an EST request made with curl; extra curl arguments follow.
+http_status() {
+  curl -sS -o "$WORK/body.out" -w '%{http_code}' "$@" || true
+}
+
+# make_csr KEYSPEC CN OUT_B64 [KEYFILE]: an openssl CSR, base64 DER.
+make_csr() {
+  local spec=$1 cn=$2 out=$3 key=${4:-$WORK/csr-$RANDOM.key}
+  case "$spec" in
+    ec) openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$key" -subj "/CN=$cn" -outform DER 2>/dev/null ;;
+    rsa*) openssl req -new -newkey "rsa:${spec#rsa}" -nodes -keyout "$key" -subj "/CN=$cn" -outform DER 2>/dev/null ;;
+  esac | base64 >"$out"
+}
+
+# pkcs7_to_pem IN_B64 OUT_PEM
+pkcs7_to_pem() {
+  base64 -d "$1" | openssl pkcs7 -inform DER -print_certs -out "$2"
+}
