@@ -1167,6 +1167,26 @@ TEST_F(EstServiceTest, ReenrollWithARevokedOrInactiveCertificateIs403) {
   EXPECT_EQ(CountCerts(), 2u);
 }
 
+TEST_F(EstServiceTest, SupersededCertificateCannotReviveARevokedReplacement) {
+  auto key = NewKey();
+  auto a = EnrollWithToken("gw-1", key.get());
+  ASSERT_TRUE(a);
+  auto b = Issued(Handle(Reenroll(ReenrollBody(key.get(), a.get()), a.get())));
+  ASSERT_TRUE(b);
+  // The operator revokes the replacement; the old certificate, still inside its
+  // grace period, must not be able to mint a new one.
+  ASSERT_TRUE(state_->registry->SetCertStatus(sh::CertFingerprint(b.get()), CertStatus::kRevoked).ok());
+  size_t count = CountCerts();
+  EstResponse r = Handle(Reenroll(ReenrollBody(key.get(), a.get()), a.get()));
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_TRUE(HasEvent("superseded_certificate"));
+  EXPECT_EQ(CountCerts(), count);
+  // Revocation is final.
+  EXPECT_EQ(state_->registry->SetCertStatus(sh::CertFingerprint(b.get()), CertStatus::kActive).code(),
+            sh::Code::kFailedPrecondition);
+  EXPECT_EQ(state_->registry->SetCertStatus(std::string(64, 'f'), CertStatus::kRevoked).code(), sh::Code::kNotFound);
+}
+
 TEST_F(EstServiceTest, ReenrollWithoutAClientCertificateIs401) {
   auto key = NewKey();
   std::string token = MakeToken("gw-1");
