@@ -56,7 +56,14 @@ class FakeClock final : public Clock {
 inline int64_t ToUnixSeconds(WallTime t) {
   return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
 }
-inline WallTime FromUnixSeconds(int64_t s) { return WallTime(std::chrono::seconds(s)); }
+// Saturates at WallTime::min()/max() outside WallTime's range (years 1678 to 2262):
+// X.509 uses 99991231235959Z for "no well-defined expiration".
+inline WallTime FromUnixSeconds(int64_t s) {
+  constexpr int64_t kLimit = std::chrono::duration_cast<std::chrono::seconds>(WallTime::duration::max()).count();
+  if (s > kLimit) return WallTime::max();
+  if (s < -kLimit) return WallTime::min();
+  return WallTime(std::chrono::seconds(s));
+}
 
 // RFC 3339 UTC, second precision: "2026-11-23T06:41:52Z".
 std::string FormatRfc3339(WallTime t);

@@ -11,6 +11,7 @@ Result<std::chrono::seconds> ParseDuration(std::string_view text) {
   size_t i = 0;
   constexpr int64_t kMax = int64_t{1} << 40;  // ~35,000 years
   while (i < text.size()) {
+    const bool first = i == 0;
     if (text[i] < '0' || text[i] > '9') {
       return Error(Code::kInvalidArgument, "bad duration '" + std::string(text) + "': expected a number");
     }
@@ -33,7 +34,7 @@ Result<std::chrono::seconds> ParseDuration(std::string_view text) {
                        "bad duration '" + std::string(text) + "': units are s, m, h, d, w");
       }
       ++i;
-    } else if (total != 0) {
+    } else if (!first) {
       return Error(Code::kInvalidArgument, "bad duration '" + std::string(text) + "': missing unit");
     }
     total += n * unit;

@@ -25,6 +25,7 @@ struct FnDeleter {
 };
 
 inline void FreeX509Stack(STACK_OF(X509) * s) { sk_X509_pop_free(s, X509_free); }
+inline void FreeX509StackShallow(STACK_OF(X509) * s) { sk_X509_free(s); }
 inline void FreeGeneralNames(GENERAL_NAMES* n) { GENERAL_NAMES_free(n); }
 inline void FreeOpenSslString(char* s) { OPENSSL_free(s); }
 
@@ -35,7 +36,11 @@ using X509StoreCtxPtr = std::unique_ptr<X509_STORE_CTX, FnDeleter<X509_STORE_CTX
 using X509CrlPtr = std::unique_ptr<X509_CRL, FnDeleter<X509_CRL_free>>;
 using X509NamePtr = std::unique_ptr<X509_NAME, FnDeleter<X509_NAME_free>>;
 using X509ExtPtr = std::unique_ptr<X509_EXTENSION, FnDeleter<X509_EXTENSION_free>>;
+// Owns the stack and the certificates in it.
 using X509StackPtr = std::unique_ptr<STACK_OF(X509), FnDeleter<FreeX509Stack>>;
+// Owns the stack only; the certificates are borrowed (e.g. an "untrusted" chain
+// built from certificates that live elsewhere).
+using X509StackRefPtr = std::unique_ptr<STACK_OF(X509), FnDeleter<FreeX509StackShallow>>;
 using GeneralNamesPtr = std::unique_ptr<GENERAL_NAMES, FnDeleter<FreeGeneralNames>>;
 using EvpPkeyPtr = std::unique_ptr<EVP_PKEY, FnDeleter<EVP_PKEY_free>>;
 using EvpPkeyCtxPtr = std::unique_ptr<EVP_PKEY_CTX, FnDeleter<EVP_PKEY_CTX_free>>;

@@ -130,11 +130,11 @@ TEST_F(SqliteTest, UniqueViolationIsAlreadyExists) {
   ASSERT_TRUE(db.Migrate(kMigrations).ok());
   auto insert = db.Prepare("INSERT INTO things (name, note) VALUES (?1, ?2)");
   ASSERT_TRUE(insert.has_value()) << insert.error().ToString();
-  ASSERT_TRUE(insert->Bind(1, std::string_view("gw-1")).Bind(2, std::optional<std::string>()).Run().ok());
+  ASSERT_TRUE(insert->Bind(1, std::string_view("gw-1")).BindOptional(2, std::nullopt).Run().ok());
   EXPECT_EQ(db.Changes(), 1);
   int64_t first_id = db.LastInsertId();
   ASSERT_TRUE(insert->Reset().ok());
-  Status dup = insert->Bind(1, std::string_view("gw-1")).Bind(2, std::optional<std::string>("x")).Run();
+  Status dup = insert->Bind(1, std::string_view("gw-1")).BindOptional(2, std::optional<std::string>("x")).Run();
   EXPECT_EQ(dup.code(), Code::kAlreadyExists) << dup.ToString();
   EXPECT_EQ(Count(db, "things"), 1);
 

@@ -53,7 +53,7 @@ Result<std::vector<X509Ptr>> CertsFromPem(std::string_view pem) {
   BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
   std::vector<X509Ptr> out;
   for (;;) {
-    X509* cert = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr);
+    X509* cert = PEM_read_bio_X509(bio.get(), nullptr, NoPassphrase, nullptr);
     if (cert == nullptr) break;
     out.emplace_back(cert);
   }

@@ -119,7 +119,7 @@ Result<X509ReqPtr> CsrFromDer(std::string_view der) {
 
 Result<X509ReqPtr> CsrFromPem(std::string_view pem) {
   BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  X509_REQ* req = PEM_read_bio_X509_REQ(bio.get(), nullptr, nullptr, nullptr);
+  X509_REQ* req = PEM_read_bio_X509_REQ(bio.get(), nullptr, NoPassphrase, nullptr);
   if (req == nullptr) return Error(OpenSslStatus(Code::kInvalidArgument, "not a PEM CSR"));
   return X509ReqPtr(req);
 }

@@ -77,7 +77,7 @@ Result<std::string> PrivateKeyToPem(EVP_PKEY* key) {
 
 Result<EvpPkeyPtr> PrivateKeyFromPem(std::string_view pem) {
   BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  EVP_PKEY* key = PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr);
+  EVP_PKEY* key = PEM_read_bio_PrivateKey(bio.get(), nullptr, NoPassphrase, nullptr);
   if (key == nullptr) return Error(OpenSslStatus(Code::kInvalidArgument, "not a PEM private key"));
   return EvpPkeyPtr(key);
 }

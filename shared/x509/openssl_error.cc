@@ -16,6 +16,8 @@ std::string DrainOpenSslErrors() {
   return out;
 }
 
+int NoPassphrase(char* /*buf*/, int /*size*/, int /*rwflag*/, void* /*userdata*/) { return -1; }
+
 Status OpenSslStatus(Code code, std::string_view what) {
   std::string msg(what);
   std::string errs = DrainOpenSslErrors();

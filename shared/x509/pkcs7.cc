@@ -7,7 +7,9 @@ namespace certfleet::shared {
 Result<std::string> BuildCertsOnly(const std::vector<X509*>& certs) {
   Pkcs7Ptr p7(PKCS7_new());
   if (!p7 || PKCS7_set_type(p7.get(), NID_pkcs7_signed) != 1 ||
-      PKCS7_content_new(p7.get(), NID_pkcs7_data) != 1) {
+      PKCS7_content_new(p7.get(), NID_pkcs7_data) != 1 ||
+      // certs-only: eContent absent (RFC 5751 3.6, RFC 5272 4.1), not an empty OCTET STRING.
+      PKCS7_set_detached(p7.get(), 1) != 1) {
     return Error(OpenSslStatus(Code::kInternal, "creating PKCS#7"));
   }
   for (X509* c : certs) {
