@@ -1,1 +1,143 @@
+#include "agent/config.h"
+
 #include <gtest/gtest.h>
+
+#include <string>
+
+namespace certfleet::agent {
+namespace {
+
+using shared::Code;
+
+const char kSource[] = "/etc/certfleet/agent.toml";
+
+const char kGood[] = R"(log_level = "debug"
+
+[est]
+server = "https://est.fleet.example:8443/gateways"
+trust_anchor_file = "/etc/certfleet/est-ca.pem"
+user = "gw-0001"
+password_file = "/etc/certfleet/est-password"
+client_cert_file = "/etc/certfleet/claim.pem"
+client_key_slot = "claim"
+tls12_only = true
+
+[identity]
+common_name = "gw-0001"
+key_type = "ec-p384"
+key_slot = "identity-b"
+cert_file = "/var/lib/certfleet-agent/identity.pem"
+
+[keystore]
+backend = "file"
+dir = "/var/lib/certfleet-agent/keys"
+)";
+
+TEST(AgentConfigTest, ParsesEveryKey) {
+  auto cfg = ParseAgentConfig(kGood, kSource);
+  ASSERT_TRUE(cfg) << cfg.error().ToString();
+  EXPECT_EQ(cfg->log_level, "debug");
+  EXPECT_EQ(cfg->est.server, "https://est.fleet.example:8443/gateways");
+  EXPECT_EQ(cfg->est.trust_anchor_file, "/etc/certfleet/est-ca.pem");
+  EXPECT_EQ(cfg->est.user, "gw-0001");
+  EXPECT_EQ(cfg->est.password_file, "/etc/certfleet/est-password");
+  EXPECT_EQ(cfg->est.client_cert_file, "/etc/certfleet/claim.pem");
+  EXPECT_EQ(cfg->est.client_key_slot, "claim");
+  EXPECT_TRUE(cfg->est.tls12_only);
+  EXPECT_EQ(cfg->identity.common_name, "gw-0001");
+  EXPECT_EQ(cfg->identity.key_type, "ec-p384");
+  EXPECT_EQ(cfg->identity.key_slot, "identity-b");
+  EXPECT_EQ(cfg->identity.cert_file, "/var/lib/certfleet-agent/identity.pem");
+  EXPECT_EQ(cfg->keystore.backend, "file");
+  EXPECT_EQ(cfg->keystore.dir, "/var/lib/certfleet-agent/keys");
+}
+
+TEST(AgentConfigTest, EmptyFileGivesTheDefaults) {
+  auto cfg = ParseAgentConfig("", kSource);
+  ASSERT_TRUE(cfg) << cfg.error().ToString();
+  AgentConfig defaults;
+  EXPECT_EQ(cfg->log_level, "info");
+  EXPECT_EQ(cfg->identity.key_type, "ec-p256");
+  EXPECT_EQ(cfg->identity.key_slot, "identity-a");
+  EXPECT_EQ(cfg->keystore.backend, defaults.keystore.backend);
+  EXPECT_FALSE(cfg->est.tls12_only);
+  EXPECT_EQ(cfg->est.server, "");
+}
+
+// The error names the file and line, and something recognizable about the mistake.
+void ExpectError(const std::string& text, const std::string& where, const std::string& what) {
+  auto cfg = ParseAgentConfig(text, kSource);
+  ASSERT_FALSE(cfg) << text;
+  EXPECT_EQ(cfg.error().code(), Code::kInvalidArgument);
+  const std::string& msg = cfg.error().message();
+  EXPECT_NE(msg.find(std::string(kSource) + ":" + where), std::string::npos) << msg;
+  EXPECT_NE(msg.find(what), std::string::npos) << msg;
+}
+
+TEST(AgentConfigTest, UnknownKeyNamesFileAndLine) {
+  ExpectError("[est]\nserver = \"https://est.example\"\nsevrer = \"https://est.example\"\n", "3:", "est.sevrer");
+  ExpectError("colour = \"blue\"\n", "1:", "colour");
+}
+
+TEST(AgentConfigTest, ServerMustBeHttps) {
+  ExpectError("[est]\nserver = \"http://est.example:8080\"\n", "2:", "https://");
+  ExpectError("[est]\nserver = \"https://\"\n", "2:", "https://");
+  ExpectError("[est]\nserver = \"est.example\"\n", "2:", "https://");
+}
+
+TEST(AgentConfigTest, BadKeyType) {
+  ExpectError("[identity]\nkey_type = \"ec-p521\"\n", "2:", "identity.key_type");
+  ExpectError("[identity]\nkey_type = \"dsa\"\n", "2:", "identity.key_type");
+}
+
+TEST(AgentConfigTest, BadSlotNames) {
+  ExpectError("[identity]\nkey_slot = \"../identity\"\n", "2:", "identity.key_slot");
+  ExpectError("[identity]\nkey_slot = \".hidden\"\n", "2:", "identity.key_slot");
+  ExpectError("[identity]\nkey_slot = \"\"\n", "2:", "identity.key_slot");
+  ExpectError("[est]\nclient_key_slot = \"a/b\"\n", "2:", "est.client_key_slot");
+  // An empty claim slot means "none".
+  auto cfg = ParseAgentConfig("[est]\nclient_key_slot = \"\"\n", kSource);
+  EXPECT_TRUE(cfg) << cfg.error().ToString();
+}
+
+TEST(AgentConfigTest, PathsMustBeAbsolute) {
+  ExpectError("[est]\ntrust_anchor_file = \"est-ca.pem\"\n", "2:", "absolute");
+  ExpectError("\n[keystore]\ndir = \"keys\"\n", "3:", "keystore.dir");
+  ExpectError("[identity]\ncert_file = \"./identity.pem\"\n", "2:", "identity.cert_file");
+  ExpectError("[est]\npassword_file = \"\"\n", "2:", "est.password_file");
+}
+
+TEST(AgentConfigTest, WrongTypes) {
+  ExpectError("[est]\ntls12_only = \"yes\"\n", "2:", "true or false");
+  ExpectError("[est]\nserver = 443\n", "2:", "string");
+  ExpectError("[identity]\ncommon_name = [\"a\", \"b\"]\n", "2:", "string");
+}
+
+TEST(AgentConfigTest, BadEnumValues) {
+  ExpectError("[keystore]\nbackend = \"tpm\"\n", "2:", "keystore.backend");
+  ExpectError("log_level = \"verbose\"\n", "1:", "log_level");
+}
+
+TEST(AgentConfigTest, SyntaxErrorNamesFileAndLine) {
+  ExpectError("[est]\nserver = \"https://est.example\n", "2:", "");
+}
+
+TEST(AgentConfigTest, LoadReadsThroughTheFilesystem) {
+  shared::MemFilesystem fs;
+  ASSERT_TRUE(fs.WriteFileAtomic(kSource, kGood, 0644).ok());
+  auto cfg = LoadAgentConfig(kSource, fs);
+  ASSERT_TRUE(cfg) << cfg.error().ToString();
+  EXPECT_EQ(cfg->identity.common_name, "gw-0001");
+
+  auto missing = LoadAgentConfig("/etc/certfleet/missing.toml", fs);
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error().code(), Code::kNotFound);
+
+  ASSERT_TRUE(fs.WriteFileAtomic("/etc/certfleet/bad.toml", "nope = 1\n", 0644).ok());
+  auto bad = LoadAgentConfig("/etc/certfleet/bad.toml", fs);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message().find("/etc/certfleet/bad.toml:1:"), std::string::npos) << bad.error().message();
+}
+
+}  // namespace
+}  // namespace certfleet::agent

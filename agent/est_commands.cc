@@ -38,8 +38,11 @@ Status VerifyIssued(X509* cert, EVP_PKEY* key, const std::string& anchor_pem, co
     return Status(Code::kDataLoss, "the issued certificate does not carry our public key");
   }
   CF_ASSIGN_OR_RETURN(sh::TrustStore anchors, sh::TrustStore::FromPem(anchor_pem));
-  sh::X509StackPtr untrusted(sk_X509_new_null());
-  for (const auto& c : ca_certs) sk_X509_push(untrusted.get(), c.get());
+  sh::X509StackRefPtr untrusted(sk_X509_new_null());  // borrows ca_certs
+  if (!untrusted) return sh::OpenSslStatus(Code::kInternal, "sk_X509_new_null");
+  for (const auto& c : ca_certs) {
+    if (sk_X509_push(untrusted.get(), c.get()) <= 0) return sh::OpenSslStatus(Code::kInternal, "sk_X509_push");
+  }
   return anchors.Verify(cert, untrusted.get(), now).WithContext("the issued certificate");
 }
 
@@ -101,15 +104,18 @@ Result<EnrollOutcome> RunEnroll(const EstCommandOptions& o, sh::Filesystem& fs, 
   if (o.key_slot == o.client_key_slot) {
     return sh::Error(Code::kInvalidArgument, "the new key cannot go into the claim key's slot");
   }
-  // Refuse to enroll over a working identity: that is what reenroll is for.
+  // Refuse to enroll over a working identity: that is what reenroll is for. After a
+  // rotation its key is in the other A/B slot.
   if (fs.Exists(o.out_file)) {
     auto existing = fs.ReadFile(o.out_file, 1 << 20);
-    auto key = keys->Load(o.key_slot);
-    if (existing && key) {
-      auto cert = sh::CertFromPem(*existing);
-      if (cert && sh::SamePublicKey(X509_get0_pubkey(cert->get()), (*key)->pkey())) {
-        return sh::Error(Code::kAlreadyExists, o.out_file + " already holds a certificate for the key in slot '" +
-                                                   o.key_slot + "'; use reenroll");
+    for (const std::string& slot : {o.key_slot, OtherSlot(o.key_slot)}) {
+      auto key = keys->Load(slot);
+      if (existing && key) {
+        auto cert = sh::CertFromPem(*existing);
+        if (cert && sh::SamePublicKey(X509_get0_pubkey(cert->get()), (*key)->pkey())) {
+          return sh::Error(Code::kAlreadyExists, o.out_file + " already holds a certificate for the key in slot '" +
+                                                     slot + "'; use reenroll");
+        }
       }
     }
   }
