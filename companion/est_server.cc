@@ -1,6 +1,10 @@
 #include "companion/est_server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include "shared/x509/cert.h"
 #include "shared/x509/openssl_error.h"
@@ -12,6 +16,21 @@ namespace sh = shared;
 
 namespace {
 
+// httplib's listener with two things the packaged library does not let us configure:
+// a listen backlog that does not drop connection bursts (it is compiled in as 5), and
+// no SO_REUSEPORT (which would let a second server share, and silently split, the port).
+class Listener final : public httplib::SSLServer {
+ public:
+  using httplib::SSLServer::SSLServer;
+  // After bind: a second listen() on a listening socket resizes its backlog.
+  bool WidenBacklog() { return ::listen(svr_sock_, SOMAXCONN) == 0; }
+};
+
+void OnlyReuseAddr(int sock) {
+  int yes = 1;
+  setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+}
+
 // Accept any client certificate at the TLS layer; EstService verifies it against the
 // trust store that fits the operation. A client without a certificate is accepted too.
 int AcceptAnyClientCert(int, X509_STORE_CTX*) { return 1; }
@@ -21,7 +40,7 @@ int AcceptAnyClientCert(int, X509_STORE_CTX*) { return 1; }
 EstServer::EstServer(EstService& service, const EstConfig& config, const std::string& tls_chain_pem, EVP_PKEY* tls_key,
                      sh::Logger& log)
     : service_(service), config_(config), log_(log) {
-  server_ = std::make_unique<httplib::SSLServer>([&](SSL_CTX& ctx) -> bool {
+  server_ = std::make_unique<Listener>([&](SSL_CTX& ctx) -> bool {
     auto chain = sh::CertsFromPem(tls_chain_pem);
     if (!chain) {
       init_error_ = chain.error().message();
@@ -39,6 +58,9 @@ EstServer::EstServer(EstService& service, const EstConfig& config, const std::st
     }
     SSL_CTX_set_options(&ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_verify(&ctx, SSL_VERIFY_PEER, AcceptAnyClientCert);
+    // EST clients open a connection per operation and do not resume sessions; minting
+    // TLS 1.3 tickets would cost a third of the handshake for nothing.
+    SSL_CTX_set_num_tickets(&ctx, 0);
     static const unsigned char kSessionContext[] = "certfleet-est";
     SSL_CTX_set_session_id_context(&ctx, kSessionContext, sizeof kSessionContext - 1);
     return true;
@@ -52,6 +74,7 @@ EstServer::EstServer(EstService& service, const EstConfig& config, const std::st
   server_->set_keep_alive_max_count(20);
   server_->set_keep_alive_timeout(5);
   server_->set_tcp_nodelay(true);
+  server_->set_socket_options(OnlyReuseAddr);
 
   auto handler = [this](const httplib::Request& hreq, httplib::Response& hres) {
     EstRequest req;
@@ -109,6 +132,9 @@ sh::Result<std::string> EstServer::Bind() {
     if (bound < 0) return sh::Error(Code::kUnavailable, "cannot bind EST listener to " + listen);
   } else if (!server_->bind_to_port(host, port)) {
     return sh::Error(Code::kUnavailable, "cannot bind EST listener to " + listen + ": " + std::strerror(errno));
+  }
+  if (!static_cast<Listener*>(server_.get())->WidenBacklog()) {
+    return sh::Error(Code::kUnavailable, "cannot listen on " + listen + ": " + std::strerror(errno));
   }
   std::string addr = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(bound);
   return addr;

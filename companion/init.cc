@@ -52,7 +52,7 @@ Status ImportCa(const InitOptions& o, const CompanionConfig& cfg, hal::KeyStore&
     return Status(Code::kInvalidArgument, "the last certificate of " + o.import_ca_cert_file + " is not self-signed");
   }
   CF_ASSIGN_OR_RETURN(sh::TrustStore ts, sh::TrustStore::FromCerts({root}));
-  sh::X509StackPtr untrusted(sk_X509_new_null());
+  sh::X509StackRefPtr untrusted(sk_X509_new_null());
   for (size_t i = 1; i + 1 < chain.size(); ++i) sk_X509_push(untrusted.get(), chain[i].get());
   CF_RETURN_IF_ERROR(ts.Verify(issuing, untrusted.get(), clock.Now()).WithContext("imported CA chain"));
   CF_ASSIGN_OR_RETURN(auto handle, keys.Import(cfg.ca.issuing_key_slot, key->get()));

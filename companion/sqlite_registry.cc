@@ -1,6 +1,8 @@
 // SQLite implementation of the registry. One connection, serialized by a mutex;
 // WAL + synchronous=FULL, so a committed transaction survives power loss.
+#include <map>
 #include <mutex>
+#include <utility>
 
 #include "companion/registry.h"
 #include "shared/sqlite/sqlite.h"
@@ -102,6 +104,23 @@ Result<CertRecord> ReadCert(const Statement& st) {
   return c;
 }
 
+// A cached prepared statement, reset (bindings cleared, read snapshot released) when
+// the lease ends.
+class StatementLease {
+ public:
+  explicit StatementLease(Statement* s) : s_(s) {}
+  StatementLease(StatementLease&& o) noexcept : s_(std::exchange(o.s_, nullptr)) {}
+  StatementLease& operator=(StatementLease&&) = delete;
+  ~StatementLease() {
+    if (s_ != nullptr) (void)s_->Reset();
+  }
+  Statement* operator->() const { return s_; }
+  Statement& operator*() const { return *s_; }
+
+ private:
+  Statement* s_;
+};
+
 class SqliteRegistry final : public Registry {
  public:
   explicit SqliteRegistry(Database db) : db_(std::move(db)) {}
@@ -112,29 +131,29 @@ class SqliteRegistry final : public Registry {
     const CertRecord& c = rec.cert;
 
     if (rec.token_hash) {
-      CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
+      CF_ASSIGN_OR_RETURN(StatementLease q, Use(
           "SELECT serial, expires_at, used_at FROM enrollment_tokens WHERE token_hash = ?1"));
-      q.Bind(1, *rec.token_hash);
-      CF_ASSIGN_OR_RETURN(bool found, q.Step());
+      q->Bind(1, *rec.token_hash);
+      CF_ASSIGN_OR_RETURN(bool found, q->Step());
       if (!found) return Status(Code::kFailedPrecondition, "unknown enrollment token");
-      if (!q.IsNull(2)) return Status(Code::kFailedPrecondition, "enrollment token already used");
-      if (q.Int(1) <= Secs(now)) return Status(Code::kFailedPrecondition, "enrollment token expired");
-      if (q.Text(0) != c.thing_name) {
+      if (!q->IsNull(2)) return Status(Code::kFailedPrecondition, "enrollment token already used");
+      if (q->Int(1) <= Secs(now)) return Status(Code::kFailedPrecondition, "enrollment token expired");
+      if (q->Text(0) != c.thing_name) {
         return Status(Code::kFailedPrecondition, "enrollment token is bound to another serial");
       }
     }
 
-    CF_ASSIGN_OR_RETURN(Statement thing, db_.Prepare(
+    CF_ASSIGN_OR_RETURN(StatementLease thing, Use(
         "INSERT INTO things(name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING"));
-    thing.Bind(1, c.thing_name).Bind(2, Secs(now));
-    CF_RETURN_IF_ERROR(thing.Run());
+    thing->Bind(1, c.thing_name).Bind(2, Secs(now));
+    CF_RETURN_IF_ERROR(thing->Run());
 
-    CF_ASSIGN_OR_RETURN(Statement cur, db_.Prepare(
+    CF_ASSIGN_OR_RETURN(StatementLease cur, Use(
         "SELECT id FROM certificates WHERE thing_name = ?1 AND status = 'ACTIVE' AND superseded_by IS NULL"));
-    cur.Bind(1, c.thing_name);
-    CF_ASSIGN_OR_RETURN(bool has_current, cur.Step());
+    cur->Bind(1, c.thing_name);
+    CF_ASSIGN_OR_RETURN(bool has_current, cur->Step());
     std::optional<std::string> current_id;
-    if (has_current) current_id = cur.Text(0);
+    if (has_current) current_id = cur->Text(0);
     if (rec.require_no_current && current_id) {
       return Status(Code::kFailedPrecondition,
                     "thing '" + c.thing_name + "' already has an active certificate; use re-enrollment");
@@ -143,33 +162,33 @@ class SqliteRegistry final : public Registry {
     // Move the current pointer first (the foreign key to the new row is checked at
     // commit), then insert the new certificate as the current one.
     if (c.status == CertStatus::kActive && current_id) {
-      CF_ASSIGN_OR_RETURN(Statement sup, db_.Prepare(
+      CF_ASSIGN_OR_RETURN(StatementLease sup, Use(
           "UPDATE certificates SET superseded_by = ?1, superseded_at = ?2 WHERE id = ?3"));
-      sup.Bind(1, c.id).Bind(2, Secs(now)).Bind(3, *current_id);
-      CF_RETURN_IF_ERROR(sup.Run());
+      sup->Bind(1, c.id).Bind(2, Secs(now)).Bind(3, *current_id);
+      CF_RETURN_IF_ERROR(sup->Run());
     }
     if (rec.replaces_cert_id && rec.replaces_cert_id != current_id) {
       // A retried re-enrollment with an already superseded certificate: point it at
       // the newest successor.
-      CF_ASSIGN_OR_RETURN(Statement sup, db_.Prepare(
+      CF_ASSIGN_OR_RETURN(StatementLease sup, Use(
           "UPDATE certificates SET superseded_by = ?1 WHERE id = ?2 AND thing_name = ?3"));
-      sup.Bind(1, c.id).Bind(2, *rec.replaces_cert_id).Bind(3, c.thing_name);
-      CF_RETURN_IF_ERROR(sup.Run());
+      sup->Bind(1, c.id).Bind(2, *rec.replaces_cert_id).Bind(3, c.thing_name);
+      CF_RETURN_IF_ERROR(sup->Run());
     }
-    CF_ASSIGN_OR_RETURN(Statement ins, db_.Prepare(
+    CF_ASSIGN_OR_RETURN(StatementLease ins, Use(
         "INSERT INTO certificates(id, thing_name, serial, subject, not_before, not_after, issued_at, status, "
         "source, pem) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"));
-    ins.Bind(1, c.id).Bind(2, c.thing_name).Bind(3, c.serial).Bind(4, c.subject);
-    ins.Bind(5, Secs(c.not_before)).Bind(6, Secs(c.not_after)).Bind(7, Secs(now));
-    ins.Bind(8, CertStatusName(c.status)).Bind(9, c.source).Bind(10, c.pem);
-    CF_RETURN_IF_ERROR(ins.Run());
+    ins->Bind(1, c.id).Bind(2, c.thing_name).Bind(3, c.serial).Bind(4, c.subject);
+    ins->Bind(5, Secs(c.not_before)).Bind(6, Secs(c.not_after)).Bind(7, Secs(now));
+    ins->Bind(8, CertStatusName(c.status)).Bind(9, c.source).Bind(10, c.pem);
+    CF_RETURN_IF_ERROR(ins->Run());
 
     if (rec.token_hash) {
-      CF_ASSIGN_OR_RETURN(Statement use, db_.Prepare(
+      CF_ASSIGN_OR_RETURN(StatementLease use, Use(
           "UPDATE enrollment_tokens SET used_at = ?1, used_by_cert = ?2 "
           "WHERE token_hash = ?3 AND used_at IS NULL AND expires_at > ?1"));
-      use.Bind(1, Secs(now)).Bind(2, c.id).Bind(3, *rec.token_hash);
-      CF_RETURN_IF_ERROR(use.Run());
+      use->Bind(1, Secs(now)).Bind(2, c.id).Bind(3, *rec.token_hash);
+      CF_RETURN_IF_ERROR(use->Run());
       if (db_.Changes() != 1) return Status(Code::kFailedPrecondition, "enrollment token already used");
     }
     return tx.Commit();
@@ -178,41 +197,41 @@ class SqliteRegistry final : public Registry {
   Status SetCertStatus(const std::string& id, CertStatus status) override {
     std::lock_guard lock(mu_);
     CF_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_));
-    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare("SELECT status FROM certificates WHERE id = ?1"));
-    q.Bind(1, id);
-    CF_ASSIGN_OR_RETURN(bool found, q.Step());
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use("SELECT status FROM certificates WHERE id = ?1"));
+    q->Bind(1, id);
+    CF_ASSIGN_OR_RETURN(bool found, q->Step());
     if (!found) return Status(Code::kNotFound, "no certificate " + id);
-    if (q.Text(0) == CertStatusName(CertStatus::kRevoked) && status != CertStatus::kRevoked) {
+    if (q->Text(0) == CertStatusName(CertStatus::kRevoked) && status != CertStatus::kRevoked) {
       return Status(Code::kFailedPrecondition, "certificate " + id + " is revoked; that is final");
     }
-    CF_ASSIGN_OR_RETURN(Statement u, db_.Prepare("UPDATE certificates SET status = ?1 WHERE id = ?2"));
-    u.Bind(1, CertStatusName(status)).Bind(2, id);
-    CF_RETURN_IF_ERROR(u.Run());
+    CF_ASSIGN_OR_RETURN(StatementLease u, Use("UPDATE certificates SET status = ?1 WHERE id = ?2"));
+    u->Bind(1, CertStatusName(status)).Bind(2, id);
+    CF_RETURN_IF_ERROR(u->Run());
     return tx.Commit();
   }
 
   Result<std::optional<CertRecord>> FindCert(const std::string& id) override {
     std::lock_guard lock(mu_);
-    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare("SELECT " + std::string(kCertColumns) +
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use("SELECT " + std::string(kCertColumns) +
                                                  " FROM certificates WHERE id = ?1"));
-    q.Bind(1, id);
-    CF_ASSIGN_OR_RETURN(bool row, q.Step());
+    q->Bind(1, id);
+    CF_ASSIGN_OR_RETURN(bool row, q->Step());
     if (!row) return std::optional<CertRecord>();
-    CF_ASSIGN_OR_RETURN(CertRecord c, ReadCert(q));
+    CF_ASSIGN_OR_RETURN(CertRecord c, ReadCert(*q));
     return std::optional<CertRecord>(std::move(c));
   }
 
   Result<std::vector<CertRecord>> ListCerts(const std::string& thing, int64_t limit) override {
     std::lock_guard lock(mu_);
-    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
         "SELECT " + std::string(kCertColumns) +
         " FROM certificates WHERE (?1 = '' OR thing_name = ?1) ORDER BY issued_at, rowid LIMIT ?2"));
-    q.Bind(1, thing).Bind(2, limit);
+    q->Bind(1, thing).Bind(2, limit);
     std::vector<CertRecord> out;
     for (;;) {
-      CF_ASSIGN_OR_RETURN(bool row, q.Step());
+      CF_ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
-      CF_ASSIGN_OR_RETURN(CertRecord c, ReadCert(q));
+      CF_ASSIGN_OR_RETURN(CertRecord c, ReadCert(*q));
       out.push_back(std::move(c));
     }
     return out;
@@ -220,21 +239,21 @@ class SqliteRegistry final : public Registry {
 
   Result<std::vector<ThingRecord>> ListThings(int64_t limit) override {
     std::lock_guard lock(mu_);
-    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
         "SELECT t.name, t.created_at, c.id, c.not_after FROM things t LEFT JOIN certificates c "
         "ON c.thing_name = t.name AND c.status = 'ACTIVE' AND c.superseded_by IS NULL "
         "ORDER BY t.name LIMIT ?1"));
-    q.Bind(1, limit);
+    q->Bind(1, limit);
     std::vector<ThingRecord> out;
     for (;;) {
-      CF_ASSIGN_OR_RETURN(bool row, q.Step());
+      CF_ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
       ThingRecord t;
-      t.name = q.Text(0);
-      t.created_at = Wall(q.Int(1));
-      if (!q.IsNull(2)) {
-        t.current_cert_id = q.Text(2);
-        t.current_not_after = Wall(q.Int(3));
+      t.name = q->Text(0);
+      t.created_at = Wall(q->Int(1));
+      if (!q->IsNull(2)) {
+        t.current_cert_id = q->Text(2);
+        t.current_not_after = Wall(q->Int(3));
       }
       out.push_back(std::move(t));
     }
@@ -244,52 +263,63 @@ class SqliteRegistry final : public Registry {
   Status CreateToken(const std::string& token_hash, const std::string& serial, WallTime now,
                      WallTime expires_at) override {
     std::lock_guard lock(mu_);
-    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
         "INSERT INTO enrollment_tokens(token_hash, serial, created_at, expires_at) VALUES (?1, ?2, ?3, ?4)"));
-    q.Bind(1, token_hash).Bind(2, serial).Bind(3, Secs(now)).Bind(4, Secs(expires_at));
-    return q.Run();
+    q->Bind(1, token_hash).Bind(2, serial).Bind(3, Secs(now)).Bind(4, Secs(expires_at));
+    return q->Run();
   }
 
   Result<std::optional<TokenRecord>> FindToken(const std::string& token_hash) override {
     std::lock_guard lock(mu_);
-    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
         "SELECT serial, created_at, expires_at, used_at FROM enrollment_tokens WHERE token_hash = ?1"));
-    q.Bind(1, token_hash);
-    CF_ASSIGN_OR_RETURN(bool row, q.Step());
+    q->Bind(1, token_hash);
+    CF_ASSIGN_OR_RETURN(bool row, q->Step());
     if (!row) return std::optional<TokenRecord>();
     TokenRecord t;
-    t.serial = q.Text(0);
-    t.created_at = Wall(q.Int(1));
-    t.expires_at = Wall(q.Int(2));
-    if (!q.IsNull(3)) t.used_at = Wall(q.Int(3));
+    t.serial = q->Text(0);
+    t.created_at = Wall(q->Int(1));
+    t.expires_at = Wall(q->Int(2));
+    if (!q->IsNull(3)) t.used_at = Wall(q->Int(3));
     return std::optional<TokenRecord>(std::move(t));
   }
 
   Status RecordSecurityEvent(const SecurityEvent& e) override {
     std::lock_guard lock(mu_);
-    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
         "INSERT INTO security_events(at, kind, subject, detail) VALUES (?1, ?2, ?3, ?4)"));
-    q.Bind(1, Secs(e.at)).Bind(2, e.kind).Bind(3, e.subject).Bind(4, e.detail);
-    return q.Run();
+    q->Bind(1, Secs(e.at)).Bind(2, e.kind).Bind(3, e.subject).Bind(4, e.detail);
+    return q->Run();
   }
 
   Result<std::vector<SecurityEvent>> ListSecurityEvents(int64_t limit) override {
     std::lock_guard lock(mu_);
-    CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
         "SELECT id, at, kind, subject, detail FROM security_events ORDER BY id DESC LIMIT ?1"));
-    q.Bind(1, limit);
+    q->Bind(1, limit);
     std::vector<SecurityEvent> out;
     for (;;) {
-      CF_ASSIGN_OR_RETURN(bool row, q.Step());
+      CF_ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
-      out.push_back({q.Int(0), Wall(q.Int(1)), q.Text(2), q.Text(3), q.Text(4)});
+      out.push_back({q->Int(0), Wall(q->Int(1)), q->Text(2), q->Text(3), q->Text(4)});
     }
     return out;
   }
 
  private:
+  // Prepares each SQL text once per connection. Callers hold mu_.
+  Result<StatementLease> Use(std::string_view sql) {
+    auto it = statements_.find(sql);
+    if (it == statements_.end()) {
+      CF_ASSIGN_OR_RETURN(Statement st, db_.Prepare(sql));
+      it = statements_.emplace(std::string(sql), std::move(st)).first;
+    }
+    return StatementLease(&it->second);
+  }
+
   std::mutex mu_;
   Database db_;
+  std::map<std::string, Statement, std::less<>> statements_;
 };
 
 }  // namespace
