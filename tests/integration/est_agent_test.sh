@@ -92,4 +92,6 @@ check_fails "enroll without credentials fails" "$AGENT" est enroll --server "$SE
   --common-name gw-003 --key-dir "$WORK/keys3" --out "$WORK/gw-003.pem"
 check "no certificate written" test ! -e "$WORK/gw-003.pem"
 
+check "the packaged agent.toml parses" bash -c "'$AGENT' --config '$HERE/../../packaging/config/agent.toml' keys list --key-dir '$WORK/emptykeys'"
+
 finish
