@@ -20,19 +20,9 @@ Status CheckUrl(const std::string& s) {
   return Status::Ok();
 }
 
-Status CheckKeyType(const std::string& s) {
-  auto t = sh::ParseKeyType(s);
-  return t ? Status::Ok() : t.error();
-}
-
 Status CheckBackend(const std::string& s) {
   if (s == "file" || s == "memory") return Status::Ok();
   return Status(Code::kInvalidArgument, "unknown keystore backend '" + s + "' (file, memory)");
-}
-
-Status CheckLogLevel(const std::string& s) {
-  if (s == "debug" || s == "info" || s == "warning" || s == "error") return Status::Ok();
-  return Status(Code::kInvalidArgument, "log_level must be debug, info, warning or error");
 }
 
 Status CheckOptionalSlot(const std::string& s) { return s.empty() ? Status::Ok() : hal::ValidateSlotName(s); }
@@ -40,7 +30,7 @@ Status CheckOptionalSlot(const std::string& s) { return s.empty() ? Status::Ok()
 const sh::ConfigSchema<C>& Schema() {
   static const sh::ConfigSchema<C> schema = [] {
     sh::ConfigSchema<C> s;
-    s.Add("log_level", sh::StringValue<C>([](C& c) -> auto& { return c.log_level; }, CheckLogLevel));
+    s.Add("log_level", sh::StringValue<C>([](C& c) -> auto& { return c.log_level; }, sh::CheckLogLevel));
     s.Add("est.server", sh::StringValue<C>([](C& c) -> auto& { return c.est.server; }, CheckUrl));
     s.Add("est.trust_anchor_file", sh::StringValue<C>([](C& c) -> auto& { return c.est.trust_anchor_file; }, sh::CheckAbsolutePath));
     s.Add("est.user", sh::StringValue<C>([](C& c) -> auto& { return c.est.user; }));
@@ -49,7 +39,7 @@ const sh::ConfigSchema<C>& Schema() {
     s.Add("est.client_key_slot", sh::StringValue<C>([](C& c) -> auto& { return c.est.client_key_slot; }, CheckOptionalSlot));
     s.Add("est.tls12_only", sh::BoolValue<C>([](C& c) -> auto& { return c.est.tls12_only; }));
     s.Add("identity.common_name", sh::StringValue<C>([](C& c) -> auto& { return c.identity.common_name; }));
-    s.Add("identity.key_type", sh::StringValue<C>([](C& c) -> auto& { return c.identity.key_type; }, CheckKeyType));
+    s.Add("identity.key_type", sh::StringValue<C>([](C& c) -> auto& { return c.identity.key_type; }, sh::CheckKeyTypeName));
     s.Add("identity.key_slot", sh::StringValue<C>([](C& c) -> auto& { return c.identity.key_slot; }, hal::ValidateSlotName));
     s.Add("identity.cert_file", sh::StringValue<C>([](C& c) -> auto& { return c.identity.cert_file; }, sh::CheckAbsolutePath));
     s.Add("keystore.backend", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.backend; }, CheckBackend));

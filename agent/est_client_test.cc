@@ -1,31 +1,26 @@
 // EstClient against a real HTTPS server on loopback (cpp-httplib) that plays an EST
 // server scripted per test. Its TLS certificate and every certificate it issues come
-// from a throwaway CA built here with OpenSSL; nothing is read from disk.
+// from a throwaway CA (agent/testing/est_test_server.h); nothing is read from disk.
 #include "agent/est_client.h"
 
 #include <httplib.h>
-#include <openssl/bn.h>
-#include <openssl/x509v3.h>
 
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <ctime>
 #include <memory>
 #include <mutex>
-#include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "agent/testing/est_test_server.h"
 #include "hal/memory_keystore.h"
 #include "shared/core/base64.h"
 #include "shared/x509/cert.h"
 #include "shared/x509/csr.h"
 #include "shared/x509/key.h"
-#include "shared/x509/openssl_error.h"
 #include "shared/x509/pkcs7.h"
 
 namespace certfleet::agent {
@@ -35,97 +30,11 @@ namespace sh = certfleet::shared;
 using sh::Code;
 using std::chrono::seconds;
 
-// ---- A throwaway PKI (test infrastructure; failures throw, gtest reports them) ----
-
-template <class T>
-T Must(sh::Result<T> r, const std::string& what) {
-  if (!r) throw std::runtime_error(what + ": " + r.error().ToString());
-  return std::move(*r);
-}
-
-sh::EvpPkeyPtr NewKey() { return Must(sh::GenerateKeyPair(sh::KeyType::kEcP256), "GenerateKeyPair"); }
-
-sh::X509NamePtr Name(const std::string& cn) {
-  sh::X509NamePtr name(X509_NAME_new());
-  if (!name || X509_NAME_add_entry_by_txt(name.get(), "CN", MBSTRING_UTF8,
-                                          reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0) != 1) {
-    throw std::runtime_error("X509_NAME: " + sh::DrainOpenSslErrors());
-  }
-  return name;
-}
-
-void AddExt(X509* cert, X509V3_CTX* ctx, int nid, const std::string& value) {
-  sh::X509ExtPtr ext(X509V3_EXT_conf_nid(nullptr, ctx, nid, value.c_str()));
-  if (!ext || X509_add_ext(cert, ext.get(), -1) != 1) {
-    throw std::runtime_error("extension " + value + ": " + sh::DrainOpenSslErrors());
-  }
-}
-
-// Signs a certificate for `subject_key` (valid from an hour ago for a day, real time).
-// Self-signed when `issuer` is null. `san` is OpenSSL config syntax ("DNS:a,IP:1.2.3.4").
-sh::X509Ptr SignCert(const X509_NAME* subject, EVP_PKEY* subject_key, X509* issuer, EVP_PKEY* issuer_key,
-                     bool is_ca, const std::string& san = "", const GENERAL_NAMES* copy_sans = nullptr) {
-  sh::X509Ptr cert(X509_new());
-  sh::BignumPtr serial(BN_new());
-  time_t now = std::time(nullptr);
-  bool ok = cert && serial && X509_set_version(cert.get(), X509_VERSION_3) == 1 &&
-            BN_rand(serial.get(), 63, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) == 1 &&
-            BN_to_ASN1_INTEGER(serial.get(), X509_get_serialNumber(cert.get())) != nullptr &&
-            X509_set_subject_name(cert.get(), subject) == 1 &&
-            X509_set_issuer_name(cert.get(), issuer != nullptr ? X509_get_subject_name(issuer) : subject) == 1 &&
-            X509_set_pubkey(cert.get(), subject_key) == 1 &&
-            X509_time_adj_ex(X509_getm_notBefore(cert.get()), 0, -3600, &now) != nullptr &&
-            X509_time_adj_ex(X509_getm_notAfter(cert.get()), 1, 0, &now) != nullptr;
-  if (!ok) throw std::runtime_error("X509 fields: " + sh::DrainOpenSslErrors());
-  X509V3_CTX ctx;
-  X509V3_set_ctx_nodb(&ctx);
-  X509V3_set_ctx(&ctx, issuer != nullptr ? issuer : cert.get(), cert.get(), nullptr, nullptr, 0);
-  AddExt(cert.get(), &ctx, NID_basic_constraints, is_ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
-  AddExt(cert.get(), &ctx, NID_key_usage,
-         is_ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature,keyEncipherment");
-  AddExt(cert.get(), &ctx, NID_subject_key_identifier, "hash");
-  AddExt(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always");
-  if (!san.empty()) AddExt(cert.get(), &ctx, NID_subject_alt_name, san);
-  if (copy_sans != nullptr &&
-      X509_add1_ext_i2d(cert.get(), NID_subject_alt_name, const_cast<GENERAL_NAMES*>(copy_sans), 0,
-                        X509V3_ADD_DEFAULT) != 1) {
-    throw std::runtime_error("copy SANs: " + sh::DrainOpenSslErrors());
-  }
-  if (X509_sign(cert.get(), issuer_key, EVP_sha256()) == 0) {
-    throw std::runtime_error("X509_sign: " + sh::DrainOpenSslErrors());
-  }
-  return cert;
-}
-
-struct TestCa {
-  sh::EvpPkeyPtr key;
-  sh::X509Ptr cert;
-
-  std::string Pem() const { return sh::CertToPem(cert.get()); }
-  sh::X509Ptr Issue(const X509_NAME* subject, EVP_PKEY* pub, const std::string& san = "", bool is_ca = false,
-                    const GENERAL_NAMES* copy_sans = nullptr) const {
-    return SignCert(subject, pub, cert.get(), key.get(), is_ca, san, copy_sans);
-  }
-};
-
-// A root CA, or an intermediate under `parent`.
-TestCa MakeCa(const std::string& cn, const TestCa* parent = nullptr) {
-  TestCa ca{NewKey(), nullptr};
-  auto name = Name(cn);
-  ca.cert = parent != nullptr ? parent->Issue(name.get(), ca.key.get(), "", true)
-                              : SignCert(name.get(), ca.key.get(), nullptr, ca.key.get(), true);
-  return ca;
-}
-
-std::string CertsOnlyDer(const std::vector<X509*>& certs) { return Must(sh::BuildCertsOnly(certs), "BuildCertsOnly"); }
-
 // The certificate a CA issues for a base64 CSR: the CSR's subject and key.
 sh::X509Ptr IssueForCsr(const TestCa& ca, const std::string& body) {
   auto csr = Must(sh::CsrFromDer(Must(sh::Base64Decode(body), "CSR base64")), "CSR");
   return ca.Issue(X509_REQ_get_subject_name(csr.get()), X509_REQ_get0_pubkey(csr.get()));
 }
-
-const char kCertsOnlyType[] = "application/pkcs7-mime; smime-type=certs-only";
 
 std::string HttpDate(time_t t) {
   std::tm tm{};
@@ -172,66 +81,6 @@ class Recorder {
  private:
   mutable std::mutex mu_;
   std::vector<Seen> seen_;
-};
-
-// An HTTPS server on 127.0.0.1:<ephemeral>. Register handlers on http(), then Start().
-class TestServer {
- public:
-  struct Options {
-    std::string san = "DNS:localhost,IP:127.0.0.1";
-    X509* client_ca = nullptr;  // when set, client certificates are requested and checked
-    bool require_client_cert = false;
-  };
-
-  TestServer(const TestCa& ca, const Options& options) : key_(NewKey()) {
-    auto name = Name("localhost");
-    cert_ = ca.Issue(name.get(), key_.get(), options.san);
-    server_ = std::make_unique<httplib::SSLServer>([this, options](SSL_CTX& ctx) {
-      static const unsigned char kSid[] = "certfleet-agent-test";
-      if (SSL_CTX_use_certificate(&ctx, cert_.get()) != 1 || SSL_CTX_use_PrivateKey(&ctx, key_.get()) != 1 ||
-          SSL_CTX_set_min_proto_version(&ctx, TLS1_2_VERSION) != 1 ||
-          SSL_CTX_set_session_id_context(&ctx, kSid, sizeof kSid - 1) != 1) {
-        return false;
-      }
-      if (options.client_ca != nullptr) {
-        if (X509_STORE_add_cert(SSL_CTX_get_cert_store(&ctx), options.client_ca) != 1) return false;
-        SSL_CTX_set_verify(&ctx, SSL_VERIFY_PEER | (options.require_client_cert ? SSL_VERIFY_FAIL_IF_NO_PEER_CERT : 0),
-                           nullptr);
-      }
-      return true;
-    });
-    if (!server_->is_valid()) throw std::runtime_error("SSLServer setup: " + sh::DrainOpenSslErrors());
-  }
-  ~TestServer() {
-    if (thread_.joinable()) {
-      server_->stop();
-      thread_.join();
-    }
-  }
-  TestServer(const TestServer&) = delete;
-  TestServer& operator=(const TestServer&) = delete;
-
-  httplib::Server& http() { return *server_; }
-
-  void Start() {
-    port_ = server_->bind_to_any_port("127.0.0.1");
-    if (port_ <= 0) throw std::runtime_error("bind_to_any_port failed");
-    thread_ = std::thread([this] { server_->listen_after_bind(); });
-    // stop() is a no-op until the accept loop runs; wait for it (bounded, no sleeping).
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (!server_->is_running()) {
-      if (std::chrono::steady_clock::now() > deadline) throw std::runtime_error("server did not start");
-      std::this_thread::yield();
-    }
-  }
-  std::string Url() const { return "https://127.0.0.1:" + std::to_string(port_); }
-
- private:
-  sh::EvpPkeyPtr key_;
-  sh::X509Ptr cert_;
-  std::unique_ptr<httplib::SSLServer> server_;
-  std::thread thread_;
-  int port_ = 0;
 };
 
 class EstClientTest : public ::testing::Test {

@@ -5,30 +5,26 @@
 #include "agent/est_commands.h"
 
 #include <httplib.h>
-#include <openssl/bn.h>
-#include <openssl/x509v3.h>
-#include <stdlib.h>
 #include <sys/stat.h>
 
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <csignal>
-#include <ctime>
-#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "agent/testing/est_test_server.h"
 #include "hal/keystore.h"
 #include "shared/core/base64.h"
+#include "shared/testing/scoped_umask.h"
+#include "shared/testing/temp_dir.h"
 #include "shared/x509/cert.h"
 #include "shared/x509/csr.h"
 #include "shared/x509/key.h"
-#include "shared/x509/openssl_error.h"
 #include "shared/x509/pkcs7.h"
 
 namespace certfleet::agent {
@@ -36,91 +32,6 @@ namespace {
 
 namespace sh = certfleet::shared;
 using sh::Code;
-
-// ---- A throwaway PKI (test infrastructure; failures throw, gtest reports them) ----
-
-template <class T>
-T Must(sh::Result<T> r, const std::string& what) {
-  if (!r) throw std::runtime_error(what + ": " + r.error().ToString());
-  return std::move(*r);
-}
-
-sh::EvpPkeyPtr NewKey() { return Must(sh::GenerateKeyPair(sh::KeyType::kEcP256), "GenerateKeyPair"); }
-
-// "CN=..." plus optional "O=...".
-sh::X509NamePtr Name(const std::string& cn, const std::string& org = "") {
-  sh::X509NamePtr name(X509_NAME_new());
-  auto add = [&](const char* field, const std::string& value) {
-    if (X509_NAME_add_entry_by_txt(name.get(), field, MBSTRING_UTF8,
-                                   reinterpret_cast<const unsigned char*>(value.c_str()), -1, -1, 0) != 1) {
-      throw std::runtime_error("X509_NAME: " + sh::DrainOpenSslErrors());
-    }
-  };
-  if (!org.empty()) add("O", org);
-  add("CN", cn);
-  return name;
-}
-
-void AddExt(X509* cert, X509V3_CTX* ctx, int nid, const std::string& value) {
-  sh::X509ExtPtr ext(X509V3_EXT_conf_nid(nullptr, ctx, nid, value.c_str()));
-  if (!ext || X509_add_ext(cert, ext.get(), -1) != 1) {
-    throw std::runtime_error("extension " + value + ": " + sh::DrainOpenSslErrors());
-  }
-}
-
-// Signs a certificate for `subject_key` (valid from an hour ago for a day, real time).
-// Self-signed when `issuer` is null.
-sh::X509Ptr SignCert(const X509_NAME* subject, EVP_PKEY* subject_key, X509* issuer, EVP_PKEY* issuer_key,
-                     bool is_ca, const std::string& san = "", const GENERAL_NAMES* copy_sans = nullptr) {
-  sh::X509Ptr cert(X509_new());
-  sh::BignumPtr serial(BN_new());
-  time_t now = std::time(nullptr);
-  bool ok = cert && serial && X509_set_version(cert.get(), X509_VERSION_3) == 1 &&
-            BN_rand(serial.get(), 63, BN_RAND_TOP_ANY, BN_RAND_BOTTOM_ANY) == 1 &&
-            BN_to_ASN1_INTEGER(serial.get(), X509_get_serialNumber(cert.get())) != nullptr &&
-            X509_set_subject_name(cert.get(), subject) == 1 &&
-            X509_set_issuer_name(cert.get(), issuer != nullptr ? X509_get_subject_name(issuer) : subject) == 1 &&
-            X509_set_pubkey(cert.get(), subject_key) == 1 &&
-            X509_time_adj_ex(X509_getm_notBefore(cert.get()), 0, -3600, &now) != nullptr &&
-            X509_time_adj_ex(X509_getm_notAfter(cert.get()), 1, 0, &now) != nullptr;
-  if (!ok) throw std::runtime_error("X509 fields: " + sh::DrainOpenSslErrors());
-  X509V3_CTX ctx;
-  X509V3_set_ctx_nodb(&ctx);
-  X509V3_set_ctx(&ctx, issuer != nullptr ? issuer : cert.get(), cert.get(), nullptr, nullptr, 0);
-  AddExt(cert.get(), &ctx, NID_basic_constraints, is_ca ? "critical,CA:TRUE" : "critical,CA:FALSE");
-  AddExt(cert.get(), &ctx, NID_key_usage,
-         is_ca ? "critical,keyCertSign,cRLSign" : "critical,digitalSignature,keyEncipherment");
-  AddExt(cert.get(), &ctx, NID_subject_key_identifier, "hash");
-  AddExt(cert.get(), &ctx, NID_authority_key_identifier, "keyid:always");
-  if (!san.empty()) AddExt(cert.get(), &ctx, NID_subject_alt_name, san);
-  if (copy_sans != nullptr &&
-      X509_add1_ext_i2d(cert.get(), NID_subject_alt_name, const_cast<GENERAL_NAMES*>(copy_sans), 0,
-                        X509V3_ADD_DEFAULT) != 1) {
-    throw std::runtime_error("copy SANs: " + sh::DrainOpenSslErrors());
-  }
-  if (X509_sign(cert.get(), issuer_key, EVP_sha256()) == 0) {
-    throw std::runtime_error("X509_sign: " + sh::DrainOpenSslErrors());
-  }
-  return cert;
-}
-
-struct TestCa {
-  sh::EvpPkeyPtr key;
-  sh::X509Ptr cert;
-
-  std::string Pem() const { return sh::CertToPem(cert.get()); }
-  sh::X509Ptr Issue(const X509_NAME* subject, EVP_PKEY* pub, const std::string& san = "",
-                    const GENERAL_NAMES* copy_sans = nullptr) const {
-    return SignCert(subject, pub, cert.get(), key.get(), false, san, copy_sans);
-  }
-};
-
-TestCa MakeCa(const std::string& cn) {
-  TestCa ca{NewKey(), nullptr};
-  auto name = Name(cn);
-  ca.cert = SignCert(name.get(), ca.key.get(), nullptr, ca.key.get(), true);
-  return ca;
-}
 
 // ---- The EST server ----
 
@@ -134,48 +45,25 @@ struct Seen {
 // What the fake CA does with the next enrollment request.
 enum class Behaviour { kIssue, kIssueForOtherKey, kIssueFromOtherCa, kIssueWithOtherCn, kUnavailable };
 
+// The fake EST CA: an HTTPS TestServer that asks for (but does not require) client
+// certificates issued by `ca`, serves `ca` as cacerts and signs what it receives.
 class EstServer {
  public:
-  EstServer(const TestCa& ca, const TestCa& other_ca) : ca_(ca), other_ca_(other_ca), key_(NewKey()) {
-    auto name = Name("localhost");
-    cert_ = ca.Issue(name.get(), key_.get(), "DNS:localhost,IP:127.0.0.1");
-    server_ = std::make_unique<httplib::SSLServer>([this](SSL_CTX& ctx) {
-      static const unsigned char kSid[] = "certfleet-agent-test";
-      if (SSL_CTX_use_certificate(&ctx, cert_.get()) != 1 || SSL_CTX_use_PrivateKey(&ctx, key_.get()) != 1 ||
-          SSL_CTX_set_session_id_context(&ctx, kSid, sizeof kSid - 1) != 1 ||
-          X509_STORE_add_cert(SSL_CTX_get_cert_store(&ctx), ca_.cert.get()) != 1) {
-        return false;
-      }
-      SSL_CTX_set_verify(&ctx, SSL_VERIFY_PEER, nullptr);  // client certificates optional
-      return true;
-    });
-    if (!server_->is_valid()) throw std::runtime_error("SSLServer setup: " + sh::DrainOpenSslErrors());
-    server_->Get("/.well-known/est/cacerts", [this](const httplib::Request& req, httplib::Response& res) {
+  EstServer(const TestCa& ca, const TestCa& other_ca)
+      : ca_(ca), other_ca_(other_ca), server_(ca, ServerOptions(ca)) {
+    server_.http().Get("/.well-known/est/cacerts", [this](const httplib::Request& req, httplib::Response& res) {
       Record(req, nullptr);
-      res.set_content(sh::Base64Encode(Must(sh::BuildCertsOnly({ca_.cert.get()}), "certs-only")),
-                      "application/pkcs7-mime");
+      res.set_content(sh::Base64Encode(CertsOnlyDer({ca_.cert.get()})), "application/pkcs7-mime");
     });
     auto enroll = [this](const httplib::Request& req, httplib::Response& res) { Enroll(req, res); };
-    server_->Post("/.well-known/est/simpleenroll", enroll);
-    server_->Post("/.well-known/est/simplereenroll", enroll);
-
-    port_ = server_->bind_to_any_port("127.0.0.1");
-    if (port_ <= 0) throw std::runtime_error("bind_to_any_port failed");
-    thread_ = std::thread([this] { server_->listen_after_bind(); });
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (!server_->is_running()) {
-      if (std::chrono::steady_clock::now() > deadline) throw std::runtime_error("server did not start");
-      std::this_thread::yield();
-    }
-  }
-  ~EstServer() {
-    server_->stop();
-    thread_.join();
+    server_.http().Post("/.well-known/est/simpleenroll", enroll);
+    server_.http().Post("/.well-known/est/simplereenroll", enroll);
+    server_.Start();
   }
   EstServer(const EstServer&) = delete;
   EstServer& operator=(const EstServer&) = delete;
 
-  std::string Url() const { return "https://127.0.0.1:" + std::to_string(port_); }
+  std::string Url() const { return server_.Url(); }
   void set_behaviour(Behaviour b) { behaviour_ = b; }
   const EVP_PKEY* other_key() const { return other_key_.get(); }
 
@@ -199,6 +87,12 @@ class EstServer {
   }
 
  private:
+  static TestServer::Options ServerOptions(const TestCa& ca) {
+    TestServer::Options o;
+    o.client_ca = ca.cert.get();  // client certificates optional
+    return o;
+  }
+
   void Record(const httplib::Request& req, sh::X509ReqPtr csr) {
     Seen s{req.path, "", req.get_header_value("Authorization"), std::move(csr)};
     sh::X509Ptr peer(SSL_get1_peer_certificate(req.ssl));
@@ -222,22 +116,17 @@ class EstServer {
     const X509_NAME* subject = b == Behaviour::kIssueWithOtherCn ? other_cn.get() : X509_REQ_get_subject_name(r);
     EVP_PKEY* pub = b == Behaviour::kIssueForOtherKey ? other_key_.get() : X509_REQ_get0_pubkey(r);
     const TestCa& issuer = b == Behaviour::kIssueFromOtherCa ? other_ca_ : ca_;
-    auto cert = issuer.Issue(subject, pub, "", sans.get());
-    res.set_content(sh::Base64Encode(Must(sh::BuildCertsOnly({cert.get()}), "certs-only")),
-                    "application/pkcs7-mime; smime-type=certs-only");
+    auto cert = issuer.Issue(subject, pub, "", false, sans.get());
+    res.set_content(sh::Base64Encode(CertsOnlyDer({cert.get()})), kCertsOnlyType);
   }
 
   const TestCa& ca_;
   const TestCa& other_ca_;
-  sh::EvpPkeyPtr key_;
-  sh::X509Ptr cert_;
   sh::EvpPkeyPtr other_key_ = NewKey();
   std::atomic<Behaviour> behaviour_{Behaviour::kIssue};
   mutable std::mutex mu_;
   std::vector<Seen> seen_;
-  std::unique_ptr<httplib::SSLServer> server_;
-  std::thread thread_;
-  int port_ = 0;
+  TestServer server_;  // last: stopped before what its handlers use
 };
 
 // ---- Fixture ----
@@ -252,10 +141,8 @@ class EstCommandsTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::signal(SIGPIPE, SIG_IGN);
-    old_umask_ = ::umask(022);
-    std::string tmpl = ::testing::TempDir() + "certfleet-agent-est-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
+    ASSERT_FALSE(tmp_.path().empty()) << "mkdtemp failed";
+    dir_ = tmp_.path();
     anchor_file_ = dir_ + "/est-ca.pem";
     out_file_ = dir_ + "/identity.pem";
     ASSERT_TRUE(fs_.WriteFileAtomic(anchor_file_, ca_.Pem(), 0644).ok());
@@ -266,9 +153,6 @@ class EstCommandsTest : public ::testing::Test {
   void TearDown() override {
     server_.reset();
     keys_.reset();
-    std::error_code ec;
-    std::filesystem::remove_all(dir_, ec);
-    ::umask(old_umask_);
   }
 
   // Enrollment with HTTP Basic into slot identity-a, output to out_file_.
@@ -284,6 +168,19 @@ class EstCommandsTest : public ::testing::Test {
     o.out_file = out_file_;
     o.sleep = [](std::chrono::seconds) { ADD_FAILURE() << "nothing should wait here"; };
     return o;
+  }
+  // Switches `o` from HTTP Basic to a claim certificate: CN `claim_cn`, issued by the
+  // EST CA, its key in slot "claim".
+  void UseClaimCertificate(EstCommandOptions& o, const std::string& claim_cn) {
+    auto claim = keys_->Generate("claim", sh::KeyType::kEcP256);
+    ASSERT_TRUE(claim) << claim.error().ToString();
+    auto claim_cert = ca_.Issue(Name(claim_cn).get(), (*claim)->pkey());
+    std::string claim_file = dir_ + "/claim.pem";
+    ASSERT_TRUE(fs_.WriteFileAtomic(claim_file, sh::CertToPem(claim_cert.get()), 0644).ok());
+    o.user.clear();
+    o.password.clear();
+    o.client_cert_file = claim_file;
+    o.client_key_slot = "claim";
   }
   // In-place re-enrollment of out_file_.
   EstCommandOptions ReenrollOptions() const {
@@ -304,6 +201,17 @@ class EstCommandsTest : public ::testing::Test {
     EVP_PKEY_up_ref(p);
     return sh::EvpPkeyPtr(p);
   }
+  // RunEnroll(Options()) must fail with `code`, `message_part` (when not empty) in the
+  // message, and write no output file.
+  void ExpectEnrollFails(Code code, const std::string& message_part = "") {
+    auto out = RunEnroll(Options(), fs_, clock_, log_);
+    ASSERT_FALSE(out);
+    EXPECT_EQ(out.error().code(), code) << out.error().ToString();
+    if (!message_part.empty()) {
+      EXPECT_NE(out.error().message().find(message_part), std::string::npos);
+    }
+    EXPECT_FALSE(fs_.Exists(out_file_));
+  }
   // Enrolls out_file_ with a key in identity-a.
   EnrollOutcome EnrollFirst() {
     auto r = RunEnroll(Options(), fs_, clock_, log_);
@@ -316,8 +224,9 @@ class EstCommandsTest : public ::testing::Test {
   sh::PosixFilesystem fs_;
   sh::FakeClock clock_{std::chrono::system_clock::now()};
   sh::CaptureLogger log_;
+  sh::ScopedUmask umask_{022};
+  sh::TempDir tmp_;
   std::string dir_, anchor_file_, out_file_;
-  mode_t old_umask_ = 022;
   std::unique_ptr<hal::KeyStore> keys_;
   std::unique_ptr<EstServer> server_;
 };
@@ -428,17 +337,8 @@ TEST_F(EstCommandsTest, EnrollReusesALeftoverKeyInTheSlot) {
 }
 
 TEST_F(EstCommandsTest, EnrollWithAClaimCertificateUsesTls) {
-  auto claim = keys_->Generate("claim", sh::KeyType::kEcP256);
-  ASSERT_TRUE(claim) << claim.error().ToString();
-  auto claim_cert = ca_.Issue(Name("claim-0007").get(), (*claim)->pkey());
-  std::string claim_file = dir_ + "/claim.pem";
-  ASSERT_TRUE(fs_.WriteFileAtomic(claim_file, sh::CertToPem(claim_cert.get()), 0644).ok());
-
   EstCommandOptions o = Options();
-  o.user.clear();
-  o.password.clear();
-  o.client_cert_file = claim_file;
-  o.client_key_slot = "claim";
+  ASSERT_NO_FATAL_FAILURE(UseClaimCertificate(o, "claim-0007"));
   auto out = RunEnroll(o, fs_, clock_, log_);
   ASSERT_TRUE(out) << out.error().ToString();
   EXPECT_EQ(server_->LastEnroll().peer_cn, "claim-0007");
@@ -448,46 +348,29 @@ TEST_F(EstCommandsTest, EnrollWithAClaimCertificateUsesTls) {
 
 TEST_F(EstCommandsTest, EnrollRejectsACertificateForAnotherKey) {
   server_->set_behaviour(Behaviour::kIssueForOtherKey);
-  auto out = RunEnroll(Options(), fs_, clock_, log_);
-  ASSERT_FALSE(out);
-  EXPECT_EQ(out.error().code(), Code::kDataLoss) << out.error().ToString();
-  EXPECT_FALSE(fs_.Exists(out_file_));
+  ASSERT_NO_FATAL_FAILURE(ExpectEnrollFails(Code::kDataLoss));
   // The uncertified key stays for the next attempt.
   EXPECT_EQ(Slots(), std::vector<std::string>{"identity-a"});
 }
 
 TEST_F(EstCommandsTest, EnrollRejectsACertificateThatDoesNotChainToTheAnchor) {
   server_->set_behaviour(Behaviour::kIssueFromOtherCa);
-  auto out = RunEnroll(Options(), fs_, clock_, log_);
-  ASSERT_FALSE(out);
-  EXPECT_EQ(out.error().code(), Code::kUnauthenticated) << out.error().ToString();
-  EXPECT_FALSE(fs_.Exists(out_file_));
+  ExpectEnrollFails(Code::kUnauthenticated);
 }
 
 TEST_F(EstCommandsTest, EnrollRejectsACertificateWithAnotherCommonName) {
   server_->set_behaviour(Behaviour::kIssueWithOtherCn);
-  auto out = RunEnroll(Options(), fs_, clock_, log_);
-  ASSERT_FALSE(out);
-  EXPECT_EQ(out.error().code(), Code::kDataLoss) << out.error().ToString();
-  EXPECT_NE(out.error().message().find("gw-0001"), std::string::npos);
-  EXPECT_FALSE(fs_.Exists(out_file_));
+  ExpectEnrollFails(Code::kDataLoss, "gw-0001");
 }
 
 TEST_F(EstCommandsTest, EnrollRejectsACertificateNotYetValidByTheClock) {
   clock_.Advance(-std::chrono::hours(3));  // before the certificate's notBefore
-  auto out = RunEnroll(Options(), fs_, clock_, log_);
-  ASSERT_FALSE(out);
-  EXPECT_EQ(out.error().code(), Code::kUnauthenticated) << out.error().ToString();
-  EXPECT_FALSE(fs_.Exists(out_file_));
+  ExpectEnrollFails(Code::kUnauthenticated);
 }
 
 TEST_F(EstCommandsTest, EnrollServerFailureWritesNothing) {
   server_->set_behaviour(Behaviour::kUnavailable);
-  auto out = RunEnroll(Options(), fs_, clock_, log_);
-  ASSERT_FALSE(out);
-  EXPECT_EQ(out.error().code(), Code::kUnavailable) << out.error().ToString();
-  EXPECT_NE(out.error().message().find("the CA is offline"), std::string::npos);
-  EXPECT_FALSE(fs_.Exists(out_file_));
+  ExpectEnrollFails(Code::kUnavailable, "the CA is offline");
 }
 
 TEST_F(EstCommandsTest, EnrollOptionErrors) {
@@ -534,16 +417,8 @@ TEST_F(EstCommandsTest, EnrollOptionErrors) {
 }
 
 TEST_F(EstCommandsTest, EnrollRefusesToPutTheNewKeyIntoTheClaimSlot) {
-  auto claim = keys_->Generate("claim", sh::KeyType::kEcP256);
-  ASSERT_TRUE(claim) << claim.error().ToString();
-  auto claim_cert = ca_.Issue(Name("claim-0008").get(), (*claim)->pkey());
-  std::string claim_file = dir_ + "/claim.pem";
-  ASSERT_TRUE(fs_.WriteFileAtomic(claim_file, sh::CertToPem(claim_cert.get()), 0644).ok());
   EstCommandOptions o = Options();
-  o.user.clear();
-  o.password.clear();
-  o.client_cert_file = claim_file;
-  o.client_key_slot = "claim";
+  ASSERT_NO_FATAL_FAILURE(UseClaimCertificate(o, "claim-0008"));
   o.key_slot = "claim";
   auto out = RunEnroll(o, fs_, clock_, log_);
   ASSERT_FALSE(out);

@@ -124,7 +124,10 @@ int main(int argc, char** argv) {
     return Fail(sh::Status(sh::Code::kInvalidArgument, "--user needs --password or --password-file"));
   }
 
-  sh::StderrLogger log(verbose ? sh::LogLevel::kDebug : sh::LogLevel::kWarning);
+  // Without a config file the one-shot commands only warn; -v shows everything.
+  sh::LogLevel level = config_path.empty() ? sh::LogLevel::kWarning
+                                           : sh::ParseLogLevel(cfg.log_level).value_or(sh::LogLevel::kInfo);
+  sh::StderrLogger log(verbose ? sh::LogLevel::kDebug : level);
 
   if (*keys_import || *keys_list) {
     auto store = cf::hal::OpenKeyStore(o.keystore, fs);

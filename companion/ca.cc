@@ -157,6 +157,49 @@ Result<X509Ptr> Issuer::Issue(const CertTemplate& tmpl, sh::WallTime now) {
   return cert;
 }
 
+Result<sh::X509CrlPtr> Issuer::MakeCrl(const std::vector<Revoked>& revoked, sh::WallTime now,
+                                       std::chrono::seconds validity) {
+  sh::X509CrlPtr crl(X509_CRL_new());
+  if (!crl || X509_CRL_set_version(crl.get(), 1) != 1 ||
+      X509_CRL_set_issuer_name(crl.get(), X509_get_subject_name(cert_.get())) != 1) {
+    return sh::Error(sh::OpenSslStatus(Code::kInternal, "building CRL"));
+  }
+  sh::Asn1TimePtr last(ASN1_TIME_set(nullptr, static_cast<time_t>(sh::ToUnixSeconds(now))));
+  sh::Asn1TimePtr next(ASN1_TIME_set(nullptr, static_cast<time_t>(sh::ToUnixSeconds(now + validity))));
+  if (!last || !next || X509_CRL_set1_lastUpdate(crl.get(), last.get()) != 1 ||
+      X509_CRL_set1_nextUpdate(crl.get(), next.get()) != 1) {
+    return sh::Error(sh::OpenSslStatus(Code::kInternal, "setting CRL times"));
+  }
+  for (const auto& r : revoked) {
+    BIGNUM* raw = nullptr;
+    if (BN_hex2bn(&raw, r.serial_hex.c_str()) == 0) {
+      return sh::Error(Code::kDataLoss, "bad serial in revocation list: " + r.serial_hex);
+    }
+    sh::BignumPtr bn(raw);
+    X509_REVOKED* entry = X509_REVOKED_new();
+    sh::Asn1IntegerPtr serial(BN_to_ASN1_INTEGER(bn.get(), nullptr));
+    sh::Asn1TimePtr when(ASN1_TIME_set(nullptr, static_cast<time_t>(sh::ToUnixSeconds(r.revoked_at))));
+    if (entry == nullptr || !serial || !when || X509_REVOKED_set_serialNumber(entry, serial.get()) != 1 ||
+        X509_REVOKED_set_revocationDate(entry, when.get()) != 1 || X509_CRL_add0_revoked(crl.get(), entry) != 1) {
+      X509_REVOKED_free(entry);
+      return sh::Error(sh::OpenSslStatus(Code::kInternal, "adding CRL entry"));
+    }
+  }
+  X509V3_CTX ctx;
+  X509V3_set_ctx_nodb(&ctx);
+  X509V3_set_ctx(&ctx, cert_.get(), nullptr, nullptr, crl.get(), 0);
+  sh::X509ExtPtr aki(X509V3_EXT_conf_nid(nullptr, &ctx, NID_authority_key_identifier, "keyid:always"));
+  if (!aki || X509_CRL_add_ext(crl.get(), aki.get(), -1) != 1) {
+    return sh::Error(sh::OpenSslStatus(Code::kInternal, "adding CRL extension"));
+  }
+  X509_CRL_sort(crl.get());
+  std::lock_guard lock(mu_);
+  if (X509_CRL_sign(crl.get(), key_->pkey(), DigestFor(key_->pkey())) <= 0) {
+    return sh::Error(sh::OpenSslStatus(Code::kInternal, "signing CRL"));
+  }
+  return crl;
+}
+
 std::vector<X509*> Issuer::Chain() const {
   std::vector<X509*> out{cert_.get()};
   for (const auto& c : chain_above_) out.push_back(c.get());

@@ -56,6 +56,14 @@ class Issuer {
   // now + validity capped at the issuing CA's own notAfter.
   Result<shared::X509Ptr> Issue(const CertTemplate& tmpl, shared::WallTime now);
 
+  struct Revoked {
+    std::string serial_hex;  // as in CertRecord::serial
+    shared::WallTime revoked_at;
+  };
+  // A CRL signed by the issuing CA, valid from `now` to `now + validity`.
+  Result<shared::X509CrlPtr> MakeCrl(const std::vector<Revoked>& revoked, shared::WallTime now,
+                                     std::chrono::seconds validity);
+
   X509* cert() const { return cert_.get(); }
   // The issuing CA and the CAs above it (up to the root), for cacerts and TLS chains.
   std::vector<X509*> Chain() const;

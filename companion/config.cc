@@ -14,11 +14,6 @@ namespace {
 
 using C = CompanionConfig;
 
-Status CheckKeyType(const std::string& s) {
-  auto t = sh::ParseKeyType(s);
-  return t ? Status::Ok() : t.error();
-}
-
 Status CheckLabel(const std::string& s) {
   if (s.empty() || s.size() > 64 || s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != std::string::npos) {
     return Status(Code::kInvalidArgument, "bad EST label '" + s + "' (1-64 of A-Z a-z 0-9 - _ .)");
@@ -29,9 +24,12 @@ Status CheckLabel(const std::string& s) {
   return Status::Ok();
 }
 
-Status CheckLogLevel(const std::string& s) {
-  if (s == "debug" || s == "info" || s == "warning" || s == "error") return Status::Ok();
-  return Status(Code::kInvalidArgument, "log_level must be debug, info, warning or error");
+// MQTT client ids and share group names: no topic separators or wildcards.
+Status CheckClientId(const std::string& s) {
+  if (s.empty() || s.size() > 128 || s.find_first_of("/+#$ ") != std::string::npos) {
+    return Status(Code::kInvalidArgument, "'" + s + "' must be 1-128 characters without / + # $ or spaces");
+  }
+  return Status::Ok();
 }
 
 const ConfigSchema<C>& Schema() {
@@ -39,7 +37,7 @@ const ConfigSchema<C>& Schema() {
     using namespace std::chrono;
     ConfigSchema<C> s;
     s.Add("state_dir", sh::StringValue<C>([](C& c) -> auto& { return c.state_dir; }, sh::CheckAbsolutePath));
-    s.Add("log_level", sh::StringValue<C>([](C& c) -> auto& { return c.log_level; }, CheckLogLevel));
+    s.Add("log_level", sh::StringValue<C>([](C& c) -> auto& { return c.log_level; }, sh::CheckLogLevel));
     s.Add("est.listen", sh::StringValue<C>([](C& c) -> auto& { return c.est.listen; }, sh::CheckHostPort));
     s.Add("est.labels", sh::StringListValue<C>([](C& c) -> auto& { return c.est.labels; }, CheckLabel));
     s.Add("est.tls_cert_file", sh::StringValue<C>([](C& c) -> auto& { return c.est.tls_cert_file; }, sh::CheckAbsolutePath));
@@ -57,10 +55,18 @@ const ConfigSchema<C>& Schema() {
     s.Add("ca.issuing_key_slot", sh::StringValue<C>([](C& c) -> auto& { return c.ca.issuing_key_slot; }, hal::ValidateSlotName));
     s.Add("profile.validity", sh::DurationValue<C>([](C& c) -> auto& { return c.profile.validity; }, hours(1), hours(24 * 3653)));
     s.Add("profile.backdate", sh::DurationValue<C>([](C& c) -> auto& { return c.profile.backdate; }, seconds(0), hours(24)));
-    s.Add("profile.key_types", sh::StringListValue<C>([](C& c) -> auto& { return c.profile.key_types; }, CheckKeyType));
+    s.Add("profile.key_types", sh::StringListValue<C>([](C& c) -> auto& { return c.profile.key_types; }, sh::CheckKeyTypeName));
     s.Add("profile.allow_csr_sans", sh::BoolValue<C>([](C& c) -> auto& { return c.profile.allow_csr_sans; }));
     s.Add("tokens.default_ttl", sh::DurationValue<C>([](C& c) -> auto& { return c.tokens.default_ttl; }, minutes(1), hours(24 * 365)));
     s.Add("tokens.max_ttl", sh::DurationValue<C>([](C& c) -> auto& { return c.tokens.max_ttl; }, minutes(1), hours(24 * 365)));
+    s.Add("mqtt.enabled", sh::BoolValue<C>([](C& c) -> auto& { return c.mqtt.enabled; }));
+    s.Add("mqtt.host", sh::StringValue<C>([](C& c) -> auto& { return c.mqtt.host; }));
+    s.Add("mqtt.port", sh::IntValue<C>([](C& c) -> auto& { return c.mqtt.port; }, 1, 65535));
+    s.Add("mqtt.verify_name", sh::StringValue<C>([](C& c) -> auto& { return c.mqtt.verify_name; }));
+    s.Add("mqtt.client_id", sh::StringValue<C>([](C& c) -> auto& { return c.mqtt.client_id; }, CheckClientId));
+    s.Add("mqtt.client_cert_file", sh::StringValue<C>([](C& c) -> auto& { return c.mqtt.client_cert_file; }, sh::CheckAbsolutePath));
+    s.Add("mqtt.client_key_slot", sh::StringValue<C>([](C& c) -> auto& { return c.mqtt.client_key_slot; }, hal::ValidateSlotName));
+    s.Add("mqtt.share_group", sh::StringValue<C>([](C& c) -> auto& { return c.mqtt.share_group; }, CheckClientId));
     s.Add("keystore.backend", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.backend; }));
     s.Add("keystore.dir", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.dir; }, sh::CheckAbsolutePath));
     s.Add("registry.path", sh::StringValue<C>([](C& c) -> auto& { return c.registry_path; }, sh::CheckAbsolutePath));
@@ -82,6 +88,7 @@ sh::Result<CompanionConfig> ParseCompanionConfig(std::string_view text, const st
   derive(c.ca.issuing_cert_file, "ca/issuing.pem");
   derive(c.keystore.dir, "keys");
   derive(c.registry_path, "registry.sqlite3");
+  derive(c.mqtt.client_cert_file, "tls/mqtt-client.pem");
   if (c.profile.key_types.empty()) return sh::Error(Code::kInvalidArgument, source + ": profile.key_types is empty");
   if (c.tokens.default_ttl > c.tokens.max_ttl) {
     return sh::Error(Code::kInvalidArgument, source + ": tokens.default_ttl exceeds tokens.max_ttl");

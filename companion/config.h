@@ -42,12 +42,24 @@ struct TokenConfig {
   std::chrono::seconds max_ttl = std::chrono::hours(24 * 30);
 };
 
+struct MqttConfig {
+  bool enabled = false;                       // serve fleet provisioning over MQTT
+  std::string host = "127.0.0.1";
+  int port = 8883;                            // the broker's things listener
+  std::string verify_name;                    // name in the broker certificate; default host
+  std::string client_id = "certfleet-companion";
+  std::string client_cert_file;               // default STATE/tls/mqtt-client.pem
+  std::string client_key_slot = "mqtt-client";
+  std::string share_group = "certfleet";      // $share/<group>/... so instances split the work
+};
+
 struct CompanionConfig {
   std::string state_dir;
   EstConfig est;
   CaConfig ca;
   ProfileConfig profile;
   TokenConfig tokens;
+  MqttConfig mqtt;
   hal::KeyStoreConfig keystore;
   std::string registry_path;
   std::string log_level = "info";

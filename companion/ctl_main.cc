@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "companion/broker_config.h"
 #include "companion/est_service.h"
 #include "companion/init.h"
 #include "shared/core/duration.h"
@@ -83,6 +84,15 @@ int main(int argc, char** argv) {
   things_list->add_flag("--json", as_json, "JSON output");
   things_list->add_option("--limit", limit, "at most this many rows")->check(CLI::Range(int64_t{1}, int64_t{10000000}));
 
+  cf::companion::BrokerConfigOptions broker;
+  std::vector<std::string> broker_hostnames;
+  auto* broker_config = app.add_subcommand("broker-config", "write a mosquitto configuration for the fleet");
+  broker_config->add_option("--out", broker.out_dir, "directory to write (absolute path)")->required();
+  broker_config->add_option("--listen", broker.listen_address, "address the listeners bind (default 127.0.0.1)");
+  broker_config->add_option("--port", broker.things_port, "things listener port (default 8883)")->check(CLI::Range(1, 65535));
+  broker_config->add_option("--claim-port", broker.claim_port, "claim listener port (default 8884)")->check(CLI::Range(1, 65535));
+  broker_config->add_option("--hostname", broker_hostnames, "names the broker certificate covers (repeatable)");
+
   CLI11_PARSE(app, argc, argv);
   auto& fs = sh::PosixFilesystem::Instance();
   auto& clock = sh::SystemClock::Instance();
@@ -95,6 +105,20 @@ int main(int argc, char** argv) {
     auto cert = sh::CertFromPem(*pem);
     if (!cert) return Fail(cert.error().WithContext(cfg->ca.root_cert_file));
     std::fputs(sh::CertToPem(cert->get()).c_str(), stdout);
+    return 0;
+  }
+
+  if (*broker_config) {
+    auto cfg = cf::companion::LoadCompanionConfig(config_path, fs);
+    if (!cfg) return Fail(cfg.error());
+    cf::companion::LoadOptions lo;
+    auto state = cf::companion::LoadCompanionState(*cfg, fs, lo);
+    if (!state) return Fail(state.error());
+    if (!broker_hostnames.empty()) broker.hostnames = broker_hostnames;
+    sh::StderrLogger log;
+    sh::Status st = cf::companion::WriteBrokerConfig(broker, *state, fs, clock, log);
+    if (!st.ok()) return Fail(st);
+    std::printf("%s\n", sh::JoinPath(broker.out_dir, "mosquitto.conf").c_str());
     return 0;
   }
 
@@ -112,9 +136,9 @@ int main(int argc, char** argv) {
                              "--ttl must be positive and at most tokens.max_ttl (" +
                                  sh::FormatDuration(state->config.tokens.max_ttl) + ")"));
     }
-    if (serial.empty() || serial.size() > 64 ||
-        serial.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:") != std::string::npos) {
-      return Fail(sh::Status(sh::Code::kInvalidArgument, "--serial must be 1-64 of A-Z a-z 0-9 - _ . :"));
+    if (!cf::companion::IsValidThingName(serial)) {
+      return Fail(sh::Status(sh::Code::kInvalidArgument,
+                             "--serial must be 1-64 of A-Z a-z 0-9 - _ . : and not start with certfleet-"));
     }
     auto tok = cf::companion::NewToken();
     if (!tok) return Fail(tok.error());
@@ -159,7 +183,7 @@ int main(int argc, char** argv) {
     auto state = Open(config_path, true);
     if (!state) return Fail(state.error());
     auto status = *certs_revoke ? cf::companion::CertStatus::kRevoked : cf::companion::CertStatus::kInactive;
-    sh::Status st = state->registry->SetCertStatus(cert_id, status);
+    sh::Status st = state->registry->SetCertStatus(cert_id, status, clock.Now());
     if (!st.ok()) return Fail(st);
     std::printf("%s %s\n", cert_id.c_str(), std::string(cf::companion::CertStatusName(status)).c_str());
     return 0;

@@ -74,11 +74,6 @@ std::optional<BasicCredentials> ParseBasic(std::string_view header) {
 
 bool SameSans(const GENERAL_NAMES* a, const GENERAL_NAMES* b) { return sh::CanonicalSans(a) == sh::CanonicalSans(b); }
 
-// A thing name (and token serial): printable, no separators that would confuse topics or logs.
-bool ValidThingName(std::string_view s) {
-  if (s.empty() || s.size() > 64) return false;
-  return std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == ':'; });
-}
 
 }  // namespace
 
@@ -252,7 +247,7 @@ EstResponse EstService::Enroll(const EstRequest& req) {
     if (cn.empty()) cn = serial;
     if (cn != serial) return Reject(req, 403, "subject_mismatch", who, "the CSR's common name must equal the token's serial '" + serial + "'");
   }
-  if (!ValidThingName(cn)) return Reject(req, 400, "bad_subject", who, "the CSR's common name '" + cn + "' is not a valid thing name");
+  if (!IsValidThingName(cn)) return Reject(req, 400, "bad_subject", who, "the CSR's common name '" + cn + "' is not a valid thing name");
   sh::GeneralNamesPtr sans = sh::CsrSans(csr);
   if (sans && sk_GENERAL_NAME_num(sans.get()) > 0 && !state_.config.profile.allow_csr_sans) {
     return Reject(req, 400, "san_not_allowed", who, "subjectAltName in the CSR is not allowed by the certificate profile");
@@ -267,35 +262,12 @@ EstResponse EstService::Enroll(const EstRequest& req) {
   tmpl.public_key = pub;
   tmpl.validity = state_.config.profile.validity;
   tmpl.backdate = state_.config.profile.backdate;
-  auto cert = state_.issuer->Issue(tmpl, now);
-  if (!cert) {
-    log_.Error("issuance failed", {{"error", cert.error().ToString()}});
-    return Text(500, "issuance failed");
-  }
-  sh::CertInfo info = sh::DescribeCert(cert->get());
   IssueRecord rec;
-  rec.cert = {info.id, cn, info.serial, info.subject, info.not_before, info.not_after, now, CertStatus::kActive,
-              token_hash ? "est-enroll-token" : "est-enroll-claim", std::nullopt, std::nullopt, sh::CertToPem(cert->get())};
+  rec.cert.thing_name = cn;
+  rec.cert.source = token_hash ? "est-enroll-token" : "est-enroll-claim";
   rec.token_hash = token_hash;
   rec.require_no_current = !token_hash;
-  st = state_.registry->RecordIssued(rec, now);
-  if (!st.ok()) {
-    if (st.code() == Code::kFailedPrecondition) {
-      return Reject(req, token_hash ? 401 : 403, token_hash ? "token_reused" : "thing_exists", who, st.message());
-    }
-    log_.Error("recording certificate failed", {{"error", st.ToString()}});
-    if (sh::IsRetryable(st.code())) {
-      EstResponse r = Text(503, "registry busy, retry later");
-      r.headers.emplace_back("Retry-After", "5");
-      return r;
-    }
-    return Text(500, "recording the certificate failed");
-  }
-  log_.Info("enrolled", {{"thing", cn}, {"serial", info.serial}, {"fingerprint", info.id},
-                         {"not_after", sh::FormatRfc3339(info.not_after)}, {"auth", token_hash ? "token" : "claim"}});
-  auto der = sh::BuildCertsOnly({cert->get()});
-  if (!der) return Text(500, "encoding response failed");
-  return CertsOnly(*der, kPkcs7CertsOnly);
+  return IssueAndRecord(req, who, tmpl, std::move(rec), now);
 }
 
 EstResponse EstService::Reenroll(const EstRequest& req) {
@@ -352,19 +324,37 @@ EstResponse EstService::Reenroll(const EstRequest& req) {
   tmpl.public_key = pub;
   tmpl.validity = state_.config.profile.validity;
   tmpl.backdate = state_.config.profile.backdate;
+  IssueRecord rec;
+  rec.cert.thing_name = current.thing_name;
+  rec.cert.source = same_key ? "est-renew" : "est-rekey";
+  rec.replaces_cert_id = current.id;
+  return IssueAndRecord(req, who, tmpl, std::move(rec), now);
+}
+
+EstResponse EstService::IssueAndRecord(const EstRequest& req, const std::string& who, const CertTemplate& tmpl,
+                                       IssueRecord rec, sh::WallTime now) {
   auto cert = state_.issuer->Issue(tmpl, now);
   if (!cert) {
     log_.Error("issuance failed", {{"error", cert.error().ToString()}});
     return Text(500, "issuance failed");
   }
   sh::CertInfo info = sh::DescribeCert(cert->get());
-  IssueRecord rec;
-  rec.cert = {info.id, current.thing_name, info.serial, info.subject, info.not_before, info.not_after, now,
-              CertStatus::kActive, same_key ? "est-renew" : "est-rekey", std::nullopt, std::nullopt,
-              sh::CertToPem(cert->get())};
-  rec.replaces_cert_id = current.id;
-  st = state_.registry->RecordIssued(rec, now);
+  CertRecord& c = rec.cert;
+  c.id = info.id;
+  c.serial = info.serial;
+  c.subject = info.subject;
+  c.not_before = info.not_before;
+  c.not_after = info.not_after;
+  c.issued_at = now;
+  c.status = CertStatus::kActive;
+  c.pem = sh::CertToPem(cert->get());
+  Status st = state_.registry->RecordIssued(rec, now);
   if (!st.ok()) {
+    if (st.code() == Code::kFailedPrecondition) {
+      // Lost a race: the token was used, or the thing enrolled, since the check.
+      return Reject(req, rec.token_hash ? 401 : 403, rec.token_hash ? "token_reused" : "thing_exists", who,
+                    st.message());
+    }
     log_.Error("recording certificate failed", {{"error", st.ToString()}});
     if (sh::IsRetryable(st.code())) {
       EstResponse r = Text(503, "registry busy, retry later");
@@ -373,9 +363,9 @@ EstResponse EstService::Reenroll(const EstRequest& req) {
     }
     return Text(500, "recording the certificate failed");
   }
-  log_.Info("re-enrolled", {{"thing", current.thing_name}, {"serial", info.serial}, {"fingerprint", info.id},
-                            {"replaces", current.id}, {"not_after", sh::FormatRfc3339(info.not_after)},
-                            {"rekey", same_key ? "false" : "true"}});
+  log_.Info("issued", {{"thing", c.thing_name}, {"serial", info.serial}, {"fingerprint", info.id},
+                       {"not_after", sh::FormatRfc3339(info.not_after)}, {"source", c.source},
+                       {"replaces", rec.replaces_cert_id.value_or("")}});
   auto der = sh::BuildCertsOnly({cert->get()});
   if (!der) return Text(500, "encoding response failed");
   return CertsOnly(*der, kPkcs7CertsOnly);

@@ -49,6 +49,10 @@ class EstService {
   EstResponse CaCerts();
   EstResponse Enroll(const EstRequest& request);
   EstResponse Reenroll(const EstRequest& request);
+  // Signs `tmpl`, records it with `rec` (thing, source and links set by the caller;
+  // the certificate fields are filled in here) durably, then answers with it.
+  EstResponse IssueAndRecord(const EstRequest& request, const std::string& who, const CertTemplate& tmpl,
+                             IssueRecord rec, shared::WallTime now);
   EstResponse Reject(const EstRequest& request, int status, const std::string& kind, const std::string& who,
                      const std::string& message);
 

@@ -4,7 +4,6 @@
 #include <openssl/rsa.h>
 #include <openssl/x509v3.h>
 #include <sqlite3.h>
-#include <stdlib.h>
 
 #include <gtest/gtest.h>
 
@@ -12,8 +11,6 @@
 #include <atomic>
 #include <cctype>
 #include <chrono>
-#include <cstdlib>
-#include <filesystem>
 #include <memory>
 #include <optional>
 #include <string>
@@ -29,6 +26,7 @@
 #include "shared/core/clock.h"
 #include "shared/core/filesystem.h"
 #include "shared/core/log.h"
+#include "shared/testing/temp_dir.h"
 #include "shared/x509/cert.h"
 #include "shared/x509/csr.h"
 #include "shared/x509/key.h"
@@ -39,6 +37,7 @@ namespace {
 
 namespace sh = shared;
 using sh::KeyType;
+using sh::TempDir;
 using std::chrono::hours;
 using std::chrono::seconds;
 
@@ -46,25 +45,6 @@ using std::chrono::seconds;
 const sh::WallTime kStart = sh::FromUnixSeconds(1767225600);
 constexpr char kEst[] = "/.well-known/est/";
 constexpr char kRemote[] = "192.0.2.10:40000";
-
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/certfleet-est-XXXXXX";
-    if (mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 std::optional<std::string> Header(const EstResponse& r, std::string_view name) {
   for (const auto& [k, v] : r.headers) {
@@ -471,7 +451,7 @@ TEST_F(EstServiceTest, TokenEnrollmentIssuesAndRecords) {
   ASSERT_EQ(things->size(), 1u);
   EXPECT_EQ((*things)[0].name, "gw-0001");
   EXPECT_EQ((*things)[0].current_cert_id, sh::CertFingerprint(cert.get()));
-  EXPECT_TRUE(log_.Contains("enrolled"));
+  EXPECT_TRUE(log_.Contains("issued thing=gw-0001"));
   EXPECT_TRUE(EventKinds().empty());
 }
 
@@ -985,7 +965,7 @@ TEST_F(EstServiceTest, ReenrollWithANewKeyIsARekey) {
   ASSERT_TRUE(things);
   ASSERT_EQ(things->size(), 1u);
   EXPECT_EQ((*things)[0].current_cert_id, sh::CertFingerprint(cert.get()));
-  EXPECT_TRUE(log_.Contains("re-enrolled"));
+  EXPECT_TRUE(log_.Contains("source=est-rekey"));
 }
 
 TEST_F(EstServiceTest, ReenrollWithTheSameKeyIsARenewal) {
@@ -1175,16 +1155,16 @@ TEST_F(EstServiceTest, SupersededCertificateCannotReviveARevokedReplacement) {
   ASSERT_TRUE(b);
   // The operator revokes the replacement; the old certificate, still inside its
   // grace period, must not be able to mint a new one.
-  ASSERT_TRUE(state_->registry->SetCertStatus(sh::CertFingerprint(b.get()), CertStatus::kRevoked).ok());
+  ASSERT_TRUE(state_->registry->SetCertStatus(sh::CertFingerprint(b.get()), CertStatus::kRevoked, clock_.Now()).ok());
   size_t count = CountCerts();
   EstResponse r = Handle(Reenroll(ReenrollBody(key.get(), a.get()), a.get()));
   EXPECT_EQ(r.status, 403) << r.body;
   EXPECT_TRUE(HasEvent("superseded_certificate"));
   EXPECT_EQ(CountCerts(), count);
   // Revocation is final.
-  EXPECT_EQ(state_->registry->SetCertStatus(sh::CertFingerprint(b.get()), CertStatus::kActive).code(),
+  EXPECT_EQ(state_->registry->SetCertStatus(sh::CertFingerprint(b.get()), CertStatus::kActive, clock_.Now()).code(),
             sh::Code::kFailedPrecondition);
-  EXPECT_EQ(state_->registry->SetCertStatus(std::string(64, 'f'), CertStatus::kRevoked).code(), sh::Code::kNotFound);
+  EXPECT_EQ(state_->registry->SetCertStatus(std::string(64, 'f'), CertStatus::kRevoked, clock_.Now()).code(), sh::Code::kNotFound);
 }
 
 TEST_F(EstServiceTest, ReenrollWithoutAClientCertificateIs401) {

@@ -16,13 +16,6 @@ namespace sh = certfleet::shared;
 
 namespace {
 
-sh::LogLevel ParseLevel(const std::string& s) {
-  if (s == "debug") return sh::LogLevel::kDebug;
-  if (s == "warning") return sh::LogLevel::kWarning;
-  if (s == "error") return sh::LogLevel::kError;
-  return sh::LogLevel::kInfo;
-}
-
 int Fail(const sh::Status& st) {
   std::fprintf(stderr, "certfleet-companion: %s\n", st.ToString().c_str());
   return 1;
@@ -37,7 +30,7 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
     if (!st.ok()) return Fail(st.WithContext("--est-listen"));
     cfg->est.listen = listen_override;
   }
-  sh::StderrLogger log(ParseLevel(cfg->log_level), std::getenv("JOURNAL_STREAM") != nullptr);
+  sh::StderrLogger log(sh::ParseLogLevel(cfg->log_level).value_or(sh::LogLevel::kInfo), std::getenv("JOURNAL_STREAM") != nullptr);
   auto state = cf::companion::LoadCompanionState(*cfg, fs, {});
   if (!state) return Fail(state.error());
   auto tls_chain = fs.ReadFile(cfg->est.tls_cert_file, 1 << 20);

@@ -23,6 +23,11 @@ using shared::Result;
 using shared::Status;
 using shared::WallTime;
 
+// A thing name (also a token serial and a certificate CN): 1-64 characters of
+// A-Z a-z 0-9 - _ . :, and not starting with "certfleet-", which names the
+// companion's own identities (its MQTT client, for one).
+bool IsValidThingName(std::string_view name);
+
 enum class CertStatus { kPendingActivation, kActive, kInactive, kRevoked };
 std::string_view CertStatusName(CertStatus s);
 Result<CertStatus> ParseCertStatus(std::string_view s);
@@ -40,6 +45,7 @@ struct CertRecord {
   std::optional<std::string> superseded_by;
   std::optional<WallTime> superseded_at;
   std::string pem;
+  WallTime status_changed_at;  // when the status last changed (issuance, revocation, ...)
 };
 
 struct ThingRecord {
@@ -75,6 +81,32 @@ struct IssueRecord {
   bool require_no_current = false;
 };
 
+// A certificate issued by CreateCertificateFromCsr / CreateKeysAndCertificate that
+// waits for RegisterThing (AWS: PENDING_ACTIVATION). It belongs to no thing yet.
+struct PendingCert {
+  std::string id;
+  std::string serial;
+  std::string subject;
+  WallTime not_before;
+  WallTime not_after;
+  WallTime issued_at;
+  std::string pem;
+  std::string claim_subject;  // who asked: the claim certificate's CN (MQTT username)
+  std::string client_id;      // MQTT client id of the claimant
+  WallTime expires_at;        // the ownership token's expiry; deleted after it
+};
+
+// What RegisterThing makes of a pending certificate (the applied template).
+struct ThingRegistration {
+  std::string thing_name;
+  std::string attributes_json = "{}";  // JSON object
+  std::string groups_json = "[]";      // JSON array of strings
+  std::string thing_type;
+  std::string policy_name;
+  CertStatus certificate_status = CertStatus::kActive;
+  bool allow_reprovisioning = false;
+};
+
 class Registry {
  public:
   virtual ~Registry() = default;
@@ -88,7 +120,7 @@ class Registry {
 
   // Moves a certificate to `status` (an operator's revoke or deactivate). kNotFound
   // for an unknown id; kFailedPrecondition for a REVOKED certificate (final).
-  virtual Status SetCertStatus(const std::string& id, CertStatus status) = 0;
+  virtual Status SetCertStatus(const std::string& id, CertStatus status, WallTime now) = 0;
 
   virtual Result<std::optional<CertRecord>> FindCert(const std::string& id) = 0;
   // Certificates in issue order; `thing` filters when non-empty.
@@ -99,6 +131,23 @@ class Registry {
   virtual Status CreateToken(const std::string& token_hash, const std::string& serial, WallTime now,
                              WallTime expires_at) = 0;
   virtual Result<std::optional<TokenRecord>> FindToken(const std::string& token_hash) = 0;
+
+  // Fleet provisioning. RecordPending stores the pending certificate and the hash of
+  // its ownership token in one durable transaction.
+  virtual Status RecordPending(const PendingCert& cert, const std::string& ownership_token_hash) = 0;
+  // The pending certificate an unused, unexpired ownership token stands for.
+  // kFailedPrecondition (InvalidCertificateOwnershipToken) otherwise.
+  virtual Result<PendingCert> FindPendingByToken(const std::string& ownership_token_hash, WallTime now) = 0;
+  // RegisterThing's commit, one transaction: consumes the token, creates or updates the
+  // thing, and moves the pending certificate into the registry with the template's
+  // status, superseding the thing's current certificate only when reprovisioning is
+  // allowed. kFailedPrecondition for a used/expired/unknown token; kAlreadyExists when
+  // the thing already has a current certificate and reprovisioning is not allowed.
+  // Nothing is stored on failure.
+  virtual Result<CertRecord> ActivatePending(const std::string& ownership_token_hash, const ThingRegistration& reg,
+                                             WallTime now) = 0;
+  // Deletes pending certificates whose token expired. Returns how many.
+  virtual Result<int64_t> DeleteExpiredPending(WallTime now) = 0;
 
   virtual Status RecordSecurityEvent(const SecurityEvent& event) = 0;
   virtual Result<std::vector<SecurityEvent>> ListSecurityEvents(int64_t limit) = 0;

@@ -1,12 +1,10 @@
 #include <sqlite3.h>
-#include <stdlib.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
-#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -14,37 +12,19 @@
 
 #include "companion/registry.h"
 #include "shared/core/clock.h"
+#include "shared/testing/temp_dir.h"
 #include "shared/x509/cert.h"
 
 namespace certfleet::companion {
 namespace {
 
 using shared::Code;
+using shared::TempDir;
 using std::chrono::hours;
 using std::chrono::seconds;
 
 // Every time in these tests is relative to 2026-01-01T00:00:00Z.
 const WallTime kNow = shared::FromUnixSeconds(1767225600);
-
-// A fresh directory per test (mkdtemp), removed with its contents afterwards.
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/certfleet-registry-XXXXXX";
-    if (mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // A raw SQLite connection to the registry file, bypassing the Registry code.
 class RawDb {
@@ -138,6 +118,18 @@ class RegistryTest : public ::testing::Test {
       if (c.status == CertStatus::kActive && !c.superseded_by) out.push_back(c.id);
     }
     return out;
+  }
+  // RecordIssued(rec, at) must be refused as FailedPrecondition, `why` in the message.
+  void ExpectRefused(const IssueRecord& rec, WallTime at, const std::string& why) {
+    Status st = reg_->RecordIssued(rec, at);
+    EXPECT_EQ(st.code(), Code::kFailedPrecondition) << st.ToString();
+    EXPECT_NE(st.message().find(why), std::string::npos) << st.message();
+  }
+  // The token `hash` must be stored and not used yet.
+  void ExpectTokenUnused(const std::string& hash) {
+    auto tok = reg_->FindToken(hash);
+    ASSERT_TRUE(tok && *tok);
+    EXPECT_FALSE((*tok)->used_at);
   }
   std::string MakeToken(const std::string& name, const std::string& serial, WallTime expires = kNow + hours(1)) {
     std::string hash = HexId("token:" + name);
@@ -244,9 +236,7 @@ TEST_F(RegistryTest, TokenIsConsumedWithTheCertificate) {
   IssueRecord second = Plain(MakeCert("gw-1", "0A02"));
   second.token_hash = token;
   size_t count = CountCerts();
-  Status st = reg_->RecordIssued(second, kNow + seconds(20));
-  EXPECT_EQ(st.code(), Code::kFailedPrecondition) << st.ToString();
-  EXPECT_NE(st.message().find("already used"), std::string::npos) << st.message();
+  ExpectRefused(second, kNow + seconds(20), "already used");
   EXPECT_EQ(CountCerts(), count);
   EXPECT_FALSE(Find(second.cert.id));
   EXPECT_EQ(CurrentIds("gw-1"), std::vector<std::string>{first.cert.id});
@@ -274,15 +264,9 @@ TEST_F(RegistryTest, ExpiredTokenIsRefused) {
   IssueRecord rec = Plain(MakeCert("gw-1", "0A01"));
   rec.token_hash = token;
   // Expiry is exclusive: at expires_at the token is already dead.
-  for (WallTime at : {kNow + hours(1), kNow + hours(2)}) {
-    Status st = reg_->RecordIssued(rec, at);
-    EXPECT_EQ(st.code(), Code::kFailedPrecondition) << st.ToString();
-    EXPECT_NE(st.message().find("expired"), std::string::npos) << st.message();
-  }
+  for (WallTime at : {kNow + hours(1), kNow + hours(2)}) ExpectRefused(rec, at, "expired");
   EXPECT_EQ(CountCerts(), 0u);
-  auto tok = reg_->FindToken(token);
-  ASSERT_TRUE(tok && *tok);
-  EXPECT_FALSE((*tok)->used_at);
+  ASSERT_NO_FATAL_FAILURE(ExpectTokenUnused(token));
   // One second before expiry it still works.
   EXPECT_TRUE(reg_->RecordIssued(rec, kNow + hours(1) - seconds(1)).ok());
 }
@@ -291,13 +275,9 @@ TEST_F(RegistryTest, TokenBoundToAnotherSerialIsRefused) {
   std::string token = MakeToken("t1", "gw-2");
   IssueRecord rec = Plain(MakeCert("gw-1", "0A01"));
   rec.token_hash = token;
-  Status st = reg_->RecordIssued(rec, kNow);
-  EXPECT_EQ(st.code(), Code::kFailedPrecondition) << st.ToString();
-  EXPECT_NE(st.message().find("another serial"), std::string::npos) << st.message();
+  ExpectRefused(rec, kNow, "another serial");
   EXPECT_EQ(CountCerts(), 0u);
-  auto tok = reg_->FindToken(token);
-  ASSERT_TRUE(tok && *tok);
-  EXPECT_FALSE((*tok)->used_at);
+  ExpectTokenUnused(token);
 }
 
 TEST_F(RegistryTest, CreateTokenTwiceIsAlreadyExists) {
@@ -425,9 +405,7 @@ TEST_F(RegistryTest, DuplicateSerialRollsBack) {
   EXPECT_FALSE(a_now->superseded_by);
   EXPECT_FALSE(a_now->superseded_at);
   EXPECT_EQ(CurrentIds("gw-1"), std::vector<std::string>{a.cert.id});
-  auto tok = reg_->FindToken(token);
-  ASSERT_TRUE(tok && *tok);
-  EXPECT_FALSE((*tok)->used_at);
+  ASSERT_NO_FATAL_FAILURE(ExpectTokenUnused(token));
 
   // Same id, different serial: also kAlreadyExists, and a new thing is not left behind.
   IssueRecord dup_id = Plain(MakeCert("gw-9", "0A09"));
@@ -587,7 +565,7 @@ TEST_F(RegistryTest, NewerSchemaVersionIsRefused) {
   {
     RawDb raw(path_);
     ASSERT_TRUE(raw.ok());
-    ASSERT_EQ(raw.Exec("PRAGMA user_version = 2"), SQLITE_OK) << raw.last_error();
+    ASSERT_EQ(raw.Exec("PRAGMA user_version = 99"), SQLITE_OK) << raw.last_error();
   }
   auto rw = OpenSqliteRegistry(path_, {});
   ASSERT_FALSE(rw);
@@ -599,7 +577,7 @@ TEST_F(RegistryTest, NewerSchemaVersionIsRefused) {
   auto read_only = OpenSqliteRegistry(path_, ro);
   ASSERT_FALSE(read_only);
   EXPECT_EQ(read_only.error().code(), Code::kFailedPrecondition) << read_only.error().ToString();
-  EXPECT_NE(read_only.error().message().find("schema version 2"), std::string::npos)
+  EXPECT_NE(read_only.error().message().find("schema version 99"), std::string::npos)
       << read_only.error().message();
 }
 
@@ -652,7 +630,7 @@ TEST(RegistryOpenTest, NotADatabaseIsAnError) {
   EXPECT_EQ(reg.error().code(), Code::kDataLoss) << reg.error().ToString();
 }
 
-TEST(RegistryOpenTest, SchemaVersionAfterMigrationIsOne) {
+TEST(RegistryOpenTest, SchemaVersionAfterMigrationIsTheLatest) {
   TempDir dir;
   ASSERT_FALSE(dir.path().empty());
   std::string path = dir.path() + "/r.sqlite3";
@@ -661,7 +639,7 @@ TEST(RegistryOpenTest, SchemaVersionAfterMigrationIsOne) {
   auto again = OpenSqliteRegistry(path, {});
   ASSERT_TRUE(again) << again.error().ToString();
   RawDb raw(path);
-  EXPECT_EQ(raw.QueryInt("PRAGMA user_version"), 1);
+  EXPECT_EQ(raw.QueryInt("PRAGMA user_version"), 3);
 }
 
 // The invariants hold for anything that writes to the file, not only for our code.
@@ -758,6 +736,125 @@ TEST_F(RegistryTest, CorruptStatusIsDataLoss) {
   auto listed = reg_->ListCerts("", 10);
   ASSERT_FALSE(listed);
   EXPECT_EQ(listed.error().code(), Code::kDataLoss);
+}
+
+}  // namespace
+}  // namespace certfleet::companion
+
+// ---- Fleet provisioning: pending certificates and ownership tokens ----
+
+namespace certfleet::companion {
+namespace {
+
+PendingCert MakePending(const std::string& serial, WallTime issued = kNow) {
+  PendingCert p;
+  p.id = HexId("pending:" + serial);
+  p.serial = serial;
+  p.subject = "CN=device";
+  p.not_before = issued - std::chrono::minutes(5);
+  p.not_after = issued + hours(24 * 90);
+  p.issued_at = issued;
+  p.pem = "PEM " + serial;
+  p.claim_subject = "claim-batch-7";
+  p.client_id = "dev-" + serial;
+  p.expires_at = issued + hours(1);
+  return p;
+}
+
+ThingRegistration Registration(const std::string& thing, bool reprovision = false) {
+  ThingRegistration r;
+  r.thing_name = thing;
+  r.attributes_json = R"({"model":"gw-100"})";
+  r.groups_json = R"(["gateways"])";
+  r.policy_name = "gateway-policy";
+  r.allow_reprovisioning = reprovision;
+  return r;
+}
+
+TEST_F(RegistryTest, PendingCertificateIsActivatedOnceByItsToken) {
+  PendingCert p = MakePending("AA01");
+  std::string token = HexId("ownership:1");
+  ASSERT_TRUE(reg_->RecordPending(p, token).ok());
+  EXPECT_EQ(CountCerts(), 0u) << "a pending certificate belongs to no thing yet";
+  auto found = reg_->FindPendingByToken(token, kNow);
+  ASSERT_TRUE(found) << found.error().ToString();
+  EXPECT_EQ(found->client_id, "dev-AA01");
+
+  auto cert = reg_->ActivatePending(token, Registration("gw-1"), kNow + seconds(10));
+  ASSERT_TRUE(cert) << cert.error().ToString();
+  EXPECT_EQ(cert->thing_name, "gw-1");
+  EXPECT_EQ(cert->status, CertStatus::kActive);
+  EXPECT_EQ(CurrentIds("gw-1"), std::vector<std::string>{p.id});
+
+  auto again = reg_->ActivatePending(token, Registration("gw-1"), kNow + seconds(20));
+  ASSERT_FALSE(again);
+  EXPECT_EQ(again.error().code(), Code::kFailedPrecondition);
+  EXPECT_NE(again.error().message().find("already used"), std::string::npos);
+  EXPECT_EQ(CountCerts(), 1u);
+}
+
+TEST_F(RegistryTest, ExpiredOrUnknownOwnershipTokenIsRefused) {
+  std::string token = HexId("ownership:2");
+  ASSERT_TRUE(reg_->RecordPending(MakePending("AA02"), token).ok());
+  auto late = reg_->ActivatePending(token, Registration("gw-2"), kNow + hours(1));
+  ASSERT_FALSE(late);
+  EXPECT_NE(late.error().message().find("expired"), std::string::npos);
+  auto unknown = reg_->ActivatePending(HexId("nothing"), Registration("gw-2"), kNow);
+  ASSERT_FALSE(unknown);
+  EXPECT_NE(unknown.error().message().find("unknown"), std::string::npos);
+  EXPECT_EQ(CountCerts(), 0u);
+  auto deleted = reg_->DeleteExpiredPending(kNow + hours(2));
+  ASSERT_TRUE(deleted);
+  EXPECT_EQ(*deleted, 1);
+  EXPECT_FALSE(reg_->FindPendingByToken(token, kNow));
+}
+
+TEST_F(RegistryTest, ProvisionedThingIsRefusedUnlessReprovisioningIsAllowed) {
+  std::string t1 = HexId("ownership:3"), t2 = HexId("ownership:4");
+  ASSERT_TRUE(reg_->RecordPending(MakePending("AA03"), t1).ok());
+  ASSERT_TRUE(reg_->RecordPending(MakePending("AA04"), t2).ok());
+  ASSERT_TRUE(reg_->ActivatePending(t1, Registration("gw-3"), kNow));
+  auto refused = reg_->ActivatePending(t2, Registration("gw-3"), kNow);
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code(), Code::kAlreadyExists);
+  // Nothing changed: the token still works for a template that allows reprovisioning.
+  auto reprovisioned = reg_->ActivatePending(t2, Registration("gw-3", true), kNow + seconds(1));
+  ASSERT_TRUE(reprovisioned) << reprovisioned.error().ToString();
+  EXPECT_EQ(CurrentIds("gw-3"), std::vector<std::string>{HexId("pending:AA04")});
+  auto old = Find(HexId("pending:AA03"));
+  ASSERT_TRUE(old);
+  EXPECT_EQ(old->superseded_by, HexId("pending:AA04"));
+}
+
+TEST_F(RegistryTest, SerialsStayUniqueAcrossPendingAndIssuedCertificates) {
+  ASSERT_TRUE(reg_->RecordIssued(Plain(MakeCert("gw-5", "AA05")), kNow).ok());
+  PendingCert dup = MakePending("AA05");
+  Status st = reg_->RecordPending(dup, HexId("ownership:5"));
+  EXPECT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), Code::kAlreadyExists) << st.ToString();
+  ASSERT_TRUE(reg_->RecordPending(MakePending("AA06"), HexId("ownership:6")).ok());
+  Status st2 = reg_->RecordIssued(Plain(MakeCert("gw-6", "AA06")), kNow);
+  EXPECT_EQ(st2.code(), Code::kAlreadyExists) << st2.ToString();
+}
+
+TEST_F(RegistryTest, ThingAttributesMustBeJson) {
+  std::string token = HexId("ownership:7");
+  ASSERT_TRUE(reg_->RecordPending(MakePending("AA07"), token).ok());
+  ThingRegistration bad = Registration("gw-7");
+  bad.attributes_json = "{not json";
+  auto r = reg_->ActivatePending(token, bad, kNow);
+  ASSERT_FALSE(r);
+  EXPECT_TRUE(reg_->FindPendingByToken(token, kNow)) << "a failed activation stores nothing";
+}
+
+TEST(ThingNameTest, Rules) {
+  EXPECT_TRUE(IsValidThingName("gw-0001"));
+  EXPECT_TRUE(IsValidThingName("00:1a:2b:3c:4d:5e"));
+  EXPECT_FALSE(IsValidThingName(""));
+  EXPECT_FALSE(IsValidThingName(std::string(65, 'a')));
+  EXPECT_FALSE(IsValidThingName("gw 1"));
+  EXPECT_FALSE(IsValidThingName("gw/1"));
+  EXPECT_FALSE(IsValidThingName("certfleet-companion"));
 }
 
 }  // namespace

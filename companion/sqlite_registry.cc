@@ -1,5 +1,7 @@
 // SQLite implementation of the registry. One connection, serialized by a mutex;
 // WAL + synchronous=FULL, so a committed transaction survives power loss.
+#include <algorithm>
+#include <cctype>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -13,6 +15,13 @@ using shared::Code;
 using shared::Database;
 using shared::Statement;
 using shared::Transaction;
+
+bool IsValidThingName(std::string_view s) {
+  if (s.empty() || s.size() > 64 || s.rfind("certfleet-", 0) == 0) return false;
+  return std::all_of(s.begin(), s.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == ':';
+  });
+}
 
 std::string_view CertStatusName(CertStatus s) {
   switch (s) {
@@ -80,12 +89,57 @@ CREATE TABLE security_events (
 CREATE INDEX security_events_by_time ON security_events(at);
 )sql";
 
+// When a certificate last changed status (revocation time for the CRL).
+constexpr std::string_view kMigration2 = R"sql(
+ALTER TABLE certificates ADD COLUMN status_changed_at INTEGER;
+UPDATE certificates SET status_changed_at = issued_at;
+)sql";
+
+// Fleet provisioning: pending certificates with their ownership tokens, and what
+// templates say about things. Serials stay unique across both certificate tables.
+constexpr std::string_view kMigration3 = R"sql(
+CREATE TABLE pending_certificates (
+  id             TEXT PRIMARY KEY CHECK (length(id) = 64 AND id NOT GLOB '*[^0-9a-f]*'),
+  serial         TEXT NOT NULL UNIQUE CHECK (length(serial) BETWEEN 1 AND 40),
+  subject        TEXT NOT NULL,
+  not_before     INTEGER NOT NULL,
+  not_after      INTEGER NOT NULL CHECK (not_after > not_before),
+  issued_at      INTEGER NOT NULL,
+  pem            TEXT NOT NULL,
+  claim_subject  TEXT NOT NULL,
+  client_id      TEXT NOT NULL,
+  token_hash     TEXT NOT NULL UNIQUE CHECK (length(token_hash) = 64),
+  expires_at     INTEGER NOT NULL CHECK (expires_at > issued_at)
+) STRICT;
+CREATE INDEX pending_by_expiry ON pending_certificates(expires_at);
+CREATE TRIGGER pending_serial_unique BEFORE INSERT ON pending_certificates
+  WHEN EXISTS (SELECT 1 FROM certificates WHERE serial = NEW.serial OR id = NEW.id)
+  BEGIN SELECT RAISE(ABORT, 'UNIQUE constraint failed: serial already issued'); END;
+CREATE TRIGGER certificate_serial_unique BEFORE INSERT ON certificates
+  WHEN EXISTS (SELECT 1 FROM pending_certificates WHERE serial = NEW.serial AND id <> NEW.id)
+  BEGIN SELECT RAISE(ABORT, 'UNIQUE constraint failed: serial already issued'); END;
+
+-- Ownership tokens that were used, so that a replay is told apart from garbage.
+CREATE TABLE used_ownership_tokens (
+  token_hash  TEXT PRIMARY KEY CHECK (length(token_hash) = 64),
+  cert_id     TEXT NOT NULL UNIQUE REFERENCES certificates(id),
+  used_at     INTEGER NOT NULL
+) STRICT;
+
+ALTER TABLE things ADD COLUMN attributes TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(attributes));
+ALTER TABLE things ADD COLUMN groups TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(groups));
+ALTER TABLE things ADD COLUMN thing_type TEXT NOT NULL DEFAULT '';
+ALTER TABLE things ADD COLUMN policy_name TEXT NOT NULL DEFAULT '';
+)sql";
+
+const std::vector<std::string_view> kMigrations = {kMigration1, kMigration2, kMigration3};
+
 int64_t Secs(WallTime t) { return shared::ToUnixSeconds(t); }
 WallTime Wall(int64_t s) { return shared::FromUnixSeconds(s); }
 
 constexpr std::string_view kCertColumns =
     "id, thing_name, serial, subject, not_before, not_after, issued_at, status, source, superseded_by, "
-    "superseded_at, pem";
+    "superseded_at, pem, status_changed_at";
 
 Result<CertRecord> ReadCert(const Statement& st) {
   CertRecord c;
@@ -101,6 +155,7 @@ Result<CertRecord> ReadCert(const Statement& st) {
   if (!st.IsNull(9)) c.superseded_by = st.Text(9);
   if (!st.IsNull(10)) c.superseded_at = Wall(st.Int(10));
   c.pem = st.Text(11);
+  c.status_changed_at = st.IsNull(12) ? c.issued_at : Wall(st.Int(12));
   return c;
 }
 
@@ -177,7 +232,7 @@ class SqliteRegistry final : public Registry {
     }
     CF_ASSIGN_OR_RETURN(StatementLease ins, Use(
         "INSERT INTO certificates(id, thing_name, serial, subject, not_before, not_after, issued_at, status, "
-        "source, pem) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"));
+        "source, pem, status_changed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?7)"));
     ins->Bind(1, c.id).Bind(2, c.thing_name).Bind(3, c.serial).Bind(4, c.subject);
     ins->Bind(5, Secs(c.not_before)).Bind(6, Secs(c.not_after)).Bind(7, Secs(now));
     ins->Bind(8, CertStatusName(c.status)).Bind(9, c.source).Bind(10, c.pem);
@@ -194,7 +249,7 @@ class SqliteRegistry final : public Registry {
     return tx.Commit();
   }
 
-  Status SetCertStatus(const std::string& id, CertStatus status) override {
+  Status SetCertStatus(const std::string& id, CertStatus status, WallTime now) override {
     std::lock_guard lock(mu_);
     CF_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_));
     CF_ASSIGN_OR_RETURN(StatementLease q, Use("SELECT status FROM certificates WHERE id = ?1"));
@@ -204,8 +259,8 @@ class SqliteRegistry final : public Registry {
     if (q->Text(0) == CertStatusName(CertStatus::kRevoked) && status != CertStatus::kRevoked) {
       return Status(Code::kFailedPrecondition, "certificate " + id + " is revoked; that is final");
     }
-    CF_ASSIGN_OR_RETURN(StatementLease u, Use("UPDATE certificates SET status = ?1 WHERE id = ?2"));
-    u->Bind(1, CertStatusName(status)).Bind(2, id);
+    CF_ASSIGN_OR_RETURN(StatementLease u, Use("UPDATE certificates SET status = ?1, status_changed_at = ?3 WHERE id = ?2"));
+    u->Bind(1, CertStatusName(status)).Bind(2, id).Bind(3, Secs(now));
     CF_RETURN_IF_ERROR(u->Run());
     return tx.Commit();
   }
@@ -284,6 +339,88 @@ class SqliteRegistry final : public Registry {
     return std::optional<TokenRecord>(std::move(t));
   }
 
+  Status RecordPending(const PendingCert& c, const std::string& token_hash) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "INSERT INTO pending_certificates(id, serial, subject, not_before, not_after, issued_at, pem, claim_subject, "
+        "client_id, token_hash, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"));
+    q->Bind(1, c.id).Bind(2, c.serial).Bind(3, c.subject).Bind(4, Secs(c.not_before)).Bind(5, Secs(c.not_after));
+    q->Bind(6, Secs(c.issued_at)).Bind(7, c.pem).Bind(8, c.claim_subject).Bind(9, c.client_id);
+    q->Bind(10, token_hash).Bind(11, Secs(c.expires_at));
+    return q->Run();
+  }
+
+  Result<PendingCert> FindPendingByToken(const std::string& token_hash, WallTime now) override {
+    std::lock_guard lock(mu_);
+    return FindPendingLocked(token_hash, now);
+  }
+
+  Result<CertRecord> ActivatePending(const std::string& token_hash, const ThingRegistration& reg, WallTime now) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_));
+    CF_ASSIGN_OR_RETURN(PendingCert p, FindPendingLocked(token_hash, now));
+
+    CF_ASSIGN_OR_RETURN(StatementLease thing, Use(
+        "INSERT INTO things(name, created_at, attributes, groups, thing_type, policy_name) VALUES (?1, ?2, ?3, ?4, ?5, ?6) "
+        "ON CONFLICT(name) DO UPDATE SET attributes = excluded.attributes, groups = excluded.groups, "
+        "thing_type = excluded.thing_type, policy_name = excluded.policy_name"));
+    thing->Bind(1, reg.thing_name).Bind(2, Secs(now)).Bind(3, reg.attributes_json).Bind(4, reg.groups_json);
+    thing->Bind(5, reg.thing_type).Bind(6, reg.policy_name);
+    CF_RETURN_IF_ERROR(thing->Run());
+
+    CF_ASSIGN_OR_RETURN(StatementLease cur, Use(
+        "SELECT id FROM certificates WHERE thing_name = ?1 AND status = 'ACTIVE' AND superseded_by IS NULL"));
+    cur->Bind(1, reg.thing_name);
+    CF_ASSIGN_OR_RETURN(bool has_current, cur->Step());
+    std::optional<std::string> current_id;
+    if (has_current) current_id = cur->Text(0);
+    if (current_id && !reg.allow_reprovisioning) {
+      return shared::Error(Code::kAlreadyExists, "thing '" + reg.thing_name + "' is already provisioned");
+    }
+    if (current_id && reg.certificate_status == CertStatus::kActive) {
+      CF_ASSIGN_OR_RETURN(StatementLease sup, Use(
+          "UPDATE certificates SET superseded_by = ?1, superseded_at = ?2 WHERE id = ?3"));
+      sup->Bind(1, p.id).Bind(2, Secs(now)).Bind(3, *current_id);
+      CF_RETURN_IF_ERROR(sup->Run());
+    }
+    CF_ASSIGN_OR_RETURN(StatementLease del, Use("DELETE FROM pending_certificates WHERE id = ?1"));
+    del->Bind(1, p.id);
+    CF_RETURN_IF_ERROR(del->Run());
+    CertRecord c;
+    c.id = p.id;
+    c.thing_name = reg.thing_name;
+    c.serial = p.serial;
+    c.subject = p.subject;
+    c.not_before = p.not_before;
+    c.not_after = p.not_after;
+    c.issued_at = p.issued_at;
+    c.status = reg.certificate_status;
+    c.source = "fleet-provisioning";
+    c.pem = p.pem;
+    c.status_changed_at = now;
+    CF_ASSIGN_OR_RETURN(StatementLease ins, Use(
+        "INSERT INTO certificates(id, thing_name, serial, subject, not_before, not_after, issued_at, status, "
+        "source, pem, status_changed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"));
+    ins->Bind(1, c.id).Bind(2, c.thing_name).Bind(3, c.serial).Bind(4, c.subject);
+    ins->Bind(5, Secs(c.not_before)).Bind(6, Secs(c.not_after)).Bind(7, Secs(c.issued_at));
+    ins->Bind(8, CertStatusName(c.status)).Bind(9, c.source).Bind(10, c.pem).Bind(11, Secs(now));
+    CF_RETURN_IF_ERROR(ins->Run());
+    CF_ASSIGN_OR_RETURN(StatementLease used, Use(
+        "INSERT INTO used_ownership_tokens(token_hash, cert_id, used_at) VALUES (?1, ?2, ?3)"));
+    used->Bind(1, token_hash).Bind(2, c.id).Bind(3, Secs(now));
+    CF_RETURN_IF_ERROR(used->Run());
+    CF_RETURN_IF_ERROR(tx.Commit());
+    return c;
+  }
+
+  Result<int64_t> DeleteExpiredPending(WallTime now) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use("DELETE FROM pending_certificates WHERE expires_at <= ?1"));
+    q->Bind(1, Secs(now));
+    CF_RETURN_IF_ERROR(q->Run());
+    return static_cast<int64_t>(db_.Changes());
+  }
+
   Status RecordSecurityEvent(const SecurityEvent& e) override {
     std::lock_guard lock(mu_);
     CF_ASSIGN_OR_RETURN(StatementLease q, Use(
@@ -307,6 +444,25 @@ class SqliteRegistry final : public Registry {
   }
 
  private:
+  Result<PendingCert> FindPendingLocked(const std::string& token_hash, WallTime now) {
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "SELECT id, serial, subject, not_before, not_after, issued_at, pem, claim_subject, client_id, expires_at "
+        "FROM pending_certificates WHERE token_hash = ?1"));
+    q->Bind(1, token_hash);
+    CF_ASSIGN_OR_RETURN(bool found, q->Step());
+    if (!found) {
+      CF_ASSIGN_OR_RETURN(StatementLease u, Use("SELECT 1 FROM used_ownership_tokens WHERE token_hash = ?1"));
+      u->Bind(1, token_hash);
+      CF_ASSIGN_OR_RETURN(bool used, u->Step());
+      return shared::Error(Code::kFailedPrecondition,
+                           used ? "certificate ownership token already used" : "unknown certificate ownership token");
+    }
+    PendingCert p{q->Text(0), q->Text(1), q->Text(2), Wall(q->Int(3)), Wall(q->Int(4)), Wall(q->Int(5)),
+                  q->Text(6), q->Text(7), q->Text(8), Wall(q->Int(9))};
+    if (p.expires_at <= now) return shared::Error(Code::kFailedPrecondition, "certificate ownership token expired");
+    return p;
+  }
+
   // Prepares each SQL text once per connection. Callers hold mu_.
   Result<StatementLease> Use(std::string_view sql) {
     auto it = statements_.find(sql);
@@ -329,12 +485,13 @@ Result<std::unique_ptr<Registry>> OpenSqliteRegistry(const std::string& path, co
   db_options.read_only = options.read_only;
   CF_ASSIGN_OR_RETURN(Database db, Database::Open(path, db_options));
   if (!options.read_only) {
-    CF_RETURN_IF_ERROR(db.Migrate({kMigration1}).WithContext("registry " + path));
+    CF_RETURN_IF_ERROR(db.Migrate(kMigrations).WithContext("registry " + path));
   } else {
     CF_ASSIGN_OR_RETURN(int version, db.SchemaVersion());
-    if (version != 1) {
-      return shared::Error(Code::kFailedPrecondition,
-                           "registry " + path + " has schema version " + std::to_string(version) + ", expected 1");
+    if (version != static_cast<int>(kMigrations.size())) {
+      return shared::Error(Code::kFailedPrecondition, "registry " + path + " has schema version " +
+                                                          std::to_string(version) + ", expected " +
+                                                          std::to_string(kMigrations.size()));
     }
   }
   return std::unique_ptr<Registry>(std::make_unique<SqliteRegistry>(std::move(db)));

@@ -1,12 +1,10 @@
 #include "hal/keystore.h"
 
-#include <dirent.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
-#include <cstdlib>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -14,6 +12,8 @@
 
 #include "hal/file_keystore.h"
 #include "hal/memory_keystore.h"
+#include "shared/testing/scoped_umask.h"
+#include "shared/testing/temp_dir.h"
 #include "shared/x509/key.h"
 #include "shared/x509/openssl_error.h"
 
@@ -22,43 +22,8 @@ namespace {
 
 using shared::Code;
 using shared::EvpPkeyPtr;
-
-// A fresh scratch directory, removed with everything in it.
-class TempDir {
- public:
-  TempDir() {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/certfleet-hal-XXXXXX";
-    if (::mkdtemp(tmpl.data()) != nullptr) path_ = tmpl;
-  }
-  ~TempDir() {
-    if (!path_.empty()) RemoveTree(path_);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-
- private:
-  static void RemoveTree(const std::string& path) {
-    struct stat st {};
-    if (::lstat(path.c_str(), &st) != 0) return;
-    if (!S_ISDIR(st.st_mode)) {
-      ::unlink(path.c_str());
-      return;
-    }
-    std::vector<std::string> names;
-    if (DIR* d = ::opendir(path.c_str())) {
-      while (dirent* e = ::readdir(d)) {
-        std::string name = e->d_name;
-        if (name != "." && name != "..") names.push_back(name);
-      }
-      ::closedir(d);
-    }
-    for (const auto& n : names) RemoveTree(path + "/" + n);
-    ::rmdir(path.c_str());
-  }
-  std::string path_;
-};
+using shared::ScopedUmask;
+using shared::TempDir;
 
 mode_t ModeOf(const std::string& path) {
   struct stat st {};
@@ -343,17 +308,6 @@ INSTANTIATE_TEST_SUITE_P(Filesystems, FileBackendTest,
                          });
 
 // ---- File backend on disk ----
-
-class ScopedUmask {
- public:
-  explicit ScopedUmask(mode_t mask) : old_(::umask(mask)) {}
-  ~ScopedUmask() { ::umask(old_); }
-  ScopedUmask(const ScopedUmask&) = delete;
-  ScopedUmask& operator=(const ScopedUmask&) = delete;
-
- private:
-  mode_t old_;
-};
 
 TEST(FileKeyStoreTest, ModesOnDiskUnderPermissiveUmask) {
   ScopedUmask mask(0);

@@ -2,6 +2,8 @@
 
 #include <toml++/toml.h>
 
+#include "shared/core/log.h"
+
 namespace certfleet::shared {
 namespace {
 
@@ -91,6 +93,11 @@ Status CheckHostPort(const std::string& s) {
     return Status(Code::kInvalidArgument, "bad port in '" + s + "'");
   }
   return Status::Ok();
+}
+
+Status CheckLogLevel(const std::string& s) {
+  auto level = ParseLogLevel(s);
+  return level ? Status::Ok() : level.error();
 }
 
 Status CheckAbsolutePath(const std::string& s) {

@@ -152,6 +152,7 @@ ConfigSetter<T> StringListValue(Get get, std::function<Status(const std::string&
 // Checks for common value shapes.
 Status CheckHostPort(const std::string& s);       // "ADDR:PORT", "[v6]:PORT"
 Status CheckAbsolutePath(const std::string& s);
+Status CheckLogLevel(const std::string& s);    // ParseLogLevel accepts it
 
 // Quotes a string as a TOML basic string (for writing config files).
 std::string TomlQuote(std::string_view s);

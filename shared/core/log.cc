@@ -4,6 +4,14 @@
 
 namespace certfleet::shared {
 
+Result<LogLevel> ParseLogLevel(std::string_view name) {
+  if (name == "debug") return LogLevel::kDebug;
+  if (name == "info") return LogLevel::kInfo;
+  if (name == "warning") return LogLevel::kWarning;
+  if (name == "error") return LogLevel::kError;
+  return Error(Code::kInvalidArgument, "log level must be debug, info, warning or error, not '" + std::string(name) + "'");
+}
+
 std::string FormatLogLine(std::string_view message, std::initializer_list<LogField> fields) {
   std::string line(message);
   for (const auto& [key, value] : fields) {

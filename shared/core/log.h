@@ -11,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "shared/core/status.h"
+
 namespace certfleet::shared {
 
 enum class LogLevel { kDebug = 7, kInfo = 6, kNotice = 5, kWarning = 4, kError = 3 };
@@ -65,6 +67,9 @@ class NullLogger final : public Logger {
  public:
   void Log(LogLevel, std::string_view, std::initializer_list<LogField>) override {}
 };
+
+// "debug", "info", "warning", "error" (the config and flag spellings).
+Result<LogLevel> ParseLogLevel(std::string_view name);
 
 // "message k=v k2=\"v with space\"".
 std::string FormatLogLine(std::string_view message, std::initializer_list<LogField> fields);

@@ -1,15 +1,15 @@
 #include "shared/sqlite/sqlite.h"
 
-#include <dirent.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
 #include <cstdio>
-#include <cstdlib>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "shared/testing/temp_dir.h"
 
 namespace certfleet::shared {
 namespace {
@@ -22,25 +22,7 @@ const std::vector<std::string_view> kMigrations = {
 
 class SqliteTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const char* base = std::getenv("TMPDIR");
-    std::string tmpl = std::string(base != nullptr && *base != '\0' ? base : "/tmp") + "/certfleet-sqlite-XXXXXX";
-    ASSERT_NE(::mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-    path_ = dir_ + "/registry.db";
-  }
-  void TearDown() override {
-    if (DIR* d = ::opendir(dir_.c_str())) {
-      std::vector<std::string> names;
-      while (dirent* e = ::readdir(d)) {
-        std::string name = e->d_name;
-        if (name != "." && name != "..") names.push_back(name);
-      }
-      ::closedir(d);
-      for (const auto& n : names) ::unlink((dir_ + "/" + n).c_str());
-    }
-    ::rmdir(dir_.c_str());
-  }
+  void SetUp() override { ASSERT_FALSE(dir_.empty()) << "mkdtemp failed"; }
 
   Database OpenDb() {
     auto db = Database::Open(path_);
@@ -56,8 +38,9 @@ class SqliteTest : public ::testing::Test {
     return st->Int(0);
   }
 
-  std::string dir_;
-  std::string path_;
+  TempDir tmp_;
+  const std::string dir_ = tmp_.path();
+  const std::string path_ = dir_ + "/registry.db";
 };
 
 TEST_F(SqliteTest, OpenCreatesAFreshDatabase) {

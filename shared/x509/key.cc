@@ -25,6 +25,11 @@ Result<KeyType> ParseKeyType(std::string_view name) {
                "unknown key type '" + std::string(name) + "' (ec-p256, ec-p384, rsa-2048, rsa-3072)");
 }
 
+Status CheckKeyTypeName(const std::string& name) {
+  auto type = ParseKeyType(name);
+  return type ? Status::Ok() : type.error();
+}
+
 Result<EvpPkeyPtr> GenerateKeyPair(KeyType type) {
   EVP_PKEY* key = nullptr;
   switch (type) {

@@ -14,6 +14,8 @@ enum class KeyType { kEcP256, kEcP384, kRsa2048, kRsa3072 };
 // "ec-p256", "ec-p384", "rsa-2048", "rsa-3072".
 std::string_view KeyTypeName(KeyType type);
 Result<KeyType> ParseKeyType(std::string_view name);
+// ParseKeyType as a config check.
+Status CheckKeyTypeName(const std::string& name);
 
 // Generates a fresh key pair in memory (software). kInternal on OpenSSL failure.
 Result<EvpPkeyPtr> GenerateKeyPair(KeyType type);

@@ -3,12 +3,7 @@
 source "$(dirname "$0")/lib.sh"
 
 cd "$WORK"
-# A claim CA and a claim certificate, as a factory would make them.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout claim-ca.key -subj "/CN=test claim CA" \
-  -days 30 -out claim-ca.pem 2>/dev/null
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout claim.key -subj "/CN=claim-batch-7" \
-  -out claim.csr 2>/dev/null
-openssl x509 -req -in claim.csr -CA claim-ca.pem -CAkey claim-ca.key -CAcreateserial -days 30 -out claim.pem 2>/dev/null
+make_claim_ca
 
 "$COMPANION" init --state-dir "$WORK/state" >/dev/null 2>&1
 set_config_key "$WORK/state/companion.toml" est bootstrap_trust_file "\"$WORK/claim-ca.pem\""

@@ -101,6 +101,16 @@ make_csr() {
   esac | base64 >"$out"
 }
 
+# make_claim_ca: in the current directory, a claim CA (claim-ca.pem/.key) and a claim
+# certificate signed by it (claim.pem/.key), as a factory would make them.
+make_claim_ca() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout claim-ca.key \
+    -subj "/CN=test claim CA" -days 30 -out claim-ca.pem 2>/dev/null
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout claim.key -subj "/CN=claim-batch-7" \
+    -out claim.csr 2>/dev/null
+  openssl x509 -req -in claim.csr -CA claim-ca.pem -CAkey claim-ca.key -CAcreateserial -days 30 -out claim.pem 2>/dev/null
+}
+
 # pkcs7_to_pem IN_B64 OUT_PEM
 pkcs7_to_pem() {
   base64 -d "$1" | openssl pkcs7 -inform DER -print_certs -out "$2"

@@ -1,0 +1,159 @@
+#include "companion/broker_config.h"
+
+#include <openssl/pem.h>
+
+#include "shared/core/config.h"
+#include "shared/x509/cert.h"
+#include "shared/x509/csr.h"
+#include "shared/x509/openssl_error.h"
+
+namespace certfleet::companion {
+
+using shared::Code;
+namespace sh = shared;
+
+namespace {
+
+constexpr auto kIdentityValidity = std::chrono::hours(24 * 365);
+
+Result<sh::GeneralNamesPtr> SansFor(EVP_PKEY* key, const std::vector<std::string>& hostnames) {
+  sh::CsrRequest names;
+  for (const auto& h : hostnames) {
+    if (h.find_first_not_of("0123456789.") == std::string::npos || h.find(':') != std::string::npos) {
+      names.ip_addresses.push_back(h);
+    } else {
+      names.dns_names.push_back(h);
+    }
+  }
+  CF_ASSIGN_OR_RETURN(sh::X509ReqPtr csr, sh::BuildCsr(key, names));
+  return sh::CsrSans(csr.get());
+}
+
+// Issues a certificate for `key` with CN `cn`.
+Result<sh::X509Ptr> IssueFor(Issuer& issuer, EVP_PKEY* key, const std::string& cn, Usage usage,
+                             const std::vector<std::string>& hostnames, sh::WallTime now) {
+  CertTemplate tmpl;
+  CF_ASSIGN_OR_RETURN(tmpl.subject, NameFromCommonName(cn));
+  if (!hostnames.empty()) {
+    CF_ASSIGN_OR_RETURN(tmpl.sans, SansFor(key, hostnames));
+  }
+  tmpl.public_key = key;
+  tmpl.validity = kIdentityValidity;
+  tmpl.backdate = std::chrono::minutes(5);
+  tmpl.usage = usage;
+  return issuer.Issue(tmpl, now);
+}
+
+std::string ListenerBlock(const std::string& what, const std::string& address, int port, const std::string& dir,
+                          const std::string& cafile, bool with_crl, const std::string& acl) {
+  std::string out;
+  out += "# " + what + "\n";
+  out += "listener " + std::to_string(port) + " " + address + "\n";
+  out += "protocol mqtt\n";
+  out += "certfile " + sh::JoinPath(dir, "broker.pem") + "\n";
+  out += "keyfile " + sh::JoinPath(dir, "broker.key") + "\n";
+  out += "cafile " + sh::JoinPath(dir, cafile) + "\n";
+  if (with_crl) out += "crlfile " + sh::JoinPath(dir, "crl.pem") + "\n";
+  out += "tls_version tlsv1.2\n";
+  out += "require_certificate true\n";
+  out += "use_identity_as_username true\n";
+  out += "allow_anonymous false\n";
+  out += "acl_file " + sh::JoinPath(dir, acl) + "\n\n";
+  return out;
+}
+
+}  // namespace
+
+std::string ThingsAcl(const std::string& companion_client_id) {
+  return "# Things (username = certificate CN = thing name): their own subtree only.\n"
+         "pattern readwrite certfleet/things/%u/#\n\n"
+         "# The companion.\n"
+         "user " + companion_client_id + "\n"
+         "topic readwrite certfleet/#\n";
+}
+
+std::string ClaimAcl() {
+  // %u is the claim certificate's CN (use_identity_as_username), %c the client id: the
+  // companion learns from the topic who asked, and replies reach only the asker.
+  return "# Claim identities: their own provisioning requests and replies, nothing else.\n"
+         "pattern write certfleet/provisioning/%u/%c/certificates/create-from-csr/json\n"
+         "pattern write certfleet/provisioning/%u/%c/certificates/create/json\n"
+         "pattern write certfleet/provisioning/%u/%c/provisioning-templates/+/provision/json\n"
+         "pattern read certfleet/provisioning/%u/%c/#\n";
+}
+
+Result<std::string> MakeCrlPem(CompanionState& state, const sh::Clock& clock, std::chrono::seconds validity) {
+  std::vector<Issuer::Revoked> revoked;
+  CF_ASSIGN_OR_RETURN(std::vector<CertRecord> certs, state.registry->ListCerts("", INT64_MAX));
+  for (const auto& c : certs) {
+    if (c.status == CertStatus::kRevoked) revoked.push_back({c.serial, c.status_changed_at});
+  }
+  CF_ASSIGN_OR_RETURN(sh::X509CrlPtr crl, state.issuer->MakeCrl(revoked, clock.Now(), validity));
+  sh::BioPtr bio(BIO_new(BIO_s_mem()));
+  if (PEM_write_bio_X509_CRL(bio.get(), crl.get()) != 1) {
+    return sh::Error(sh::OpenSslStatus(Code::kInternal, "encoding CRL"));
+  }
+  char* data = nullptr;
+  long len = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(len));
+}
+
+Status WriteBrokerConfig(const BrokerConfigOptions& o, CompanionState& state, sh::Filesystem& fs,
+                         const sh::Clock& clock, sh::Logger& log) {
+  CF_RETURN_IF_ERROR(sh::CheckAbsolutePath(o.out_dir).WithContext("--out"));
+  if (state.config.est.bootstrap_trust_file.empty()) {
+    return Status(Code::kFailedPrecondition,
+                  "est.bootstrap_trust_file is not set: the claim listener would have no CA to trust");
+  }
+  const MqttConfig& mqtt = state.config.mqtt;
+  const sh::WallTime now = clock.Now();
+  CF_RETURN_IF_ERROR(fs.MakeDirs(o.out_dir, 0750));
+
+  // The broker's server identity: a software key file, since mosquitto reads its key from disk.
+  CF_ASSIGN_OR_RETURN(sh::EvpPkeyPtr broker_key, sh::GenerateKeyPair(sh::KeyType::kEcP256));
+  CF_ASSIGN_OR_RETURN(sh::X509Ptr broker_cert, IssueFor(*state.issuer, broker_key.get(), o.hostnames.front(),
+                                                        Usage::kServerAuth, o.hostnames, now));
+  CF_ASSIGN_OR_RETURN(std::string broker_key_pem, sh::PrivateKeyToPem(broker_key.get()));
+  Status st = fs.WriteFileAtomic(sh::JoinPath(o.out_dir, "broker.key"), broker_key_pem, 0600);
+  OPENSSL_cleanse(broker_key_pem.data(), broker_key_pem.size());
+  CF_RETURN_IF_ERROR(st);
+  CF_RETURN_IF_ERROR(fs.WriteFileAtomic(sh::JoinPath(o.out_dir, "broker.pem"),
+                                        sh::CertToPem(broker_cert.get()) + sh::CertToPem(state.issuer->cert()), 0644));
+
+  // Trust for each listener, and the CRL.
+  std::string things_ca;
+  for (X509* c : state.issuer->Chain()) things_ca += sh::CertToPem(c);
+  CF_RETURN_IF_ERROR(fs.WriteFileAtomic(sh::JoinPath(o.out_dir, "things-ca.pem"), things_ca, 0644));
+  CF_ASSIGN_OR_RETURN(std::string claim_ca, fs.ReadFile(state.config.est.bootstrap_trust_file, 1 << 20));
+  CF_RETURN_IF_ERROR(fs.WriteFileAtomic(sh::JoinPath(o.out_dir, "claim-ca.pem"), claim_ca, 0644));
+  CF_ASSIGN_OR_RETURN(std::string crl, MakeCrlPem(state, clock, o.crl_validity));
+  CF_RETURN_IF_ERROR(fs.WriteFileAtomic(sh::JoinPath(o.out_dir, "crl.pem"), crl, 0644));
+  CF_RETURN_IF_ERROR(fs.WriteFileAtomic(sh::JoinPath(o.out_dir, "things.acl"), ThingsAcl(mqtt.client_id), 0644));
+  CF_RETURN_IF_ERROR(fs.WriteFileAtomic(sh::JoinPath(o.out_dir, "claim.acl"), ClaimAcl(), 0644));
+
+  std::string conf = "# Fleet broker configuration written by certfleetctl broker-config.\n"
+                     "# Include it from mosquitto.conf (include_dir) or run mosquitto -c on it.\n"
+                     "# per_listener_settings applies to every listener of the broker.\n"
+                     "per_listener_settings true\n\n";
+  conf += ListenerBlock("Things: production identities issued by the companion's CA.", o.listen_address,
+                        o.things_port, o.out_dir, "things-ca.pem", true, "things.acl");
+  conf += ListenerBlock("Claim identities: provisioning only.", o.listen_address, o.claim_port, o.out_dir,
+                        "claim-ca.pem", false, "claim.acl");
+  CF_RETURN_IF_ERROR(fs.WriteFileAtomic(sh::JoinPath(o.out_dir, "mosquitto.conf"), conf, 0644));
+
+  // The companion's own MQTT identity: key kept across re-runs, certificate renewed.
+  auto key = state.keys->Load(mqtt.client_key_slot);
+  if (!key && key.error().code() == Code::kNotFound) key = state.keys->Generate(mqtt.client_key_slot, sh::KeyType::kEcP256);
+  if (!key) return key.error().WithContext("companion MQTT key");
+  CF_ASSIGN_OR_RETURN(sh::X509Ptr client_cert, IssueFor(*state.issuer, (*key)->pkey(), mqtt.client_id,
+                                                        Usage::kClientAuth, {}, now));
+  CF_RETURN_IF_ERROR(fs.MakeDirs(sh::DirName(mqtt.client_cert_file), 0755));
+  CF_RETURN_IF_ERROR(fs.WriteFileAtomic(mqtt.client_cert_file,
+                                        sh::CertToPem(client_cert.get()) + sh::CertToPem(state.issuer->cert()), 0644));
+  log.Info("wrote broker configuration", {{"dir", o.out_dir},
+                                          {"things_port", std::to_string(o.things_port)},
+                                          {"claim_port", std::to_string(o.claim_port)}});
+  return Status::Ok();
+}
+
+}  // namespace certfleet::companion
