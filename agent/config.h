@@ -1,6 +1,8 @@
 // certfleet-agent configuration (agent.toml). Keys, defaults and units: docs/config.md.
 #pragma once
 
+#include <chrono>
+#include <map>
 #include <string>
 
 #include "hal/keystore.h"
@@ -25,6 +27,25 @@ struct AgentConfig {
     std::string key_slot = "identity-a";
     std::string cert_file;
   } identity;
+  // Fleet provisioning by claim (`certfleet-agent provision`). Empty strings mean "the
+  // default derived from another key" (see docs/config.md); ProvisionOptionsFromConfig
+  // resolves them.
+  struct Provisioning {
+    std::string broker_host = "127.0.0.1";
+    int claim_port = 8884;
+    int things_port = 8883;
+    std::string broker_name;        // default: broker_host
+    std::string trust_anchor_file;  // default: est.trust_anchor_file
+    std::string claim_cert_file;
+    std::string claim_key_slot = "claim";
+    std::string template_name;  // key "template"
+    std::string client_id;      // default: identity.common_name
+    std::string dialect = "certfleet";
+    std::map<std::string, std::string> parameters;  // [provisioning.parameters]
+    std::string state_file = "/var/lib/certfleet-agent/provisioned.json";
+    std::chrono::seconds timeout{30};  // per request
+    int max_attempts = 6;
+  } provisioning;
   hal::KeyStoreConfig keystore;
   std::string log_level = "info";
 };

@@ -1,5 +1,6 @@
 #include "agent/est_commands.h"
 
+#include "agent/issuance.h"
 #include "shared/x509/cert.h"
 #include "shared/x509/csr.h"
 #include "shared/x509/openssl_error.h"
@@ -28,35 +29,6 @@ Result<std::string> ReadAnchor(const EstCommandOptions& o, sh::Filesystem& fs) {
   auto certs = sh::CertsFromPem(pem);
   if (!certs) return sh::Error(certs.error().WithContext(o.trust_anchor_file));
   return pem;
-}
-
-// Checks an issued certificate: it carries our key, and it chains to the trust anchor
-// (through the CA certificates the server published) at `now`.
-Status VerifyIssued(X509* cert, EVP_PKEY* key, const std::string& anchor_pem, const std::vector<X509Ptr>& ca_certs,
-                    sh::WallTime now) {
-  if (!sh::SamePublicKey(X509_get0_pubkey(cert), key)) {
-    return Status(Code::kDataLoss, "the issued certificate does not carry our public key");
-  }
-  CF_ASSIGN_OR_RETURN(sh::TrustStore anchors, sh::TrustStore::FromPem(anchor_pem));
-  sh::X509StackRefPtr untrusted(sk_X509_new_null());  // borrows ca_certs
-  if (!untrusted) return sh::OpenSslStatus(Code::kInternal, "sk_X509_new_null");
-  for (const auto& c : ca_certs) {
-    if (sk_X509_push(untrusted.get(), c.get()) <= 0) return sh::OpenSslStatus(Code::kInternal, "sk_X509_push");
-  }
-  return anchors.Verify(cert, untrusted.get(), now).WithContext("the issued certificate");
-}
-
-// A key for a new identity in `slot`: a leftover from an interrupted attempt is reused
-// (it was never certified), otherwise a new key is generated.
-Result<std::unique_ptr<hal::KeyHandle>> KeyForSlot(hal::KeyStore& keys, const std::string& slot, sh::KeyType type,
-                                                   sh::Logger& log) {
-  auto existing = keys.Load(slot);
-  if (existing) {
-    log.Info("reusing the uncertified key left in its slot by an earlier attempt", {{"slot", slot}});
-    return std::move(*existing);
-  }
-  if (existing.error().code() != Code::kNotFound) return sh::Error(existing.error());
-  return keys.Generate(slot, type);
 }
 
 EnrollOutcome Outcome(X509* cert, const std::string& slot) {
@@ -106,18 +78,10 @@ Result<EnrollOutcome> RunEnroll(const EstCommandOptions& o, sh::Filesystem& fs, 
   }
   // Refuse to enroll over a working identity: that is what reenroll is for. After a
   // rotation its key is in the other A/B slot.
-  if (fs.Exists(o.out_file)) {
-    auto existing = fs.ReadFile(o.out_file, 1 << 20);
-    for (const std::string& slot : {o.key_slot, OtherSlot(o.key_slot)}) {
-      auto key = keys->Load(slot);
-      if (existing && key) {
-        auto cert = sh::CertFromPem(*existing);
-        if (cert && sh::SamePublicKey(X509_get0_pubkey(cert->get()), (*key)->pkey())) {
-          return sh::Error(Code::kAlreadyExists, o.out_file + " already holds a certificate for the key in slot '" +
-                                                     slot + "'; use reenroll");
-        }
-      }
-    }
+  std::string certified = SlotCertifiedBy(fs, *keys, o.out_file, {o.key_slot, OtherSlot(o.key_slot)});
+  if (!certified.empty()) {
+    return sh::Error(Code::kAlreadyExists, o.out_file + " already holds a certificate for the key in slot '" +
+                                               certified + "'; use reenroll");
   }
 
   EstClient client(std::move(co));

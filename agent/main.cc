@@ -1,15 +1,19 @@
-// certfleet-agent: the gateway side. This build provides the one-shot EST commands
-// and key store maintenance.
+// certfleet-agent: the gateway side. This build provides the one-shot EST commands,
+// fleet provisioning by claim and key store maintenance.
 #include <curl/curl.h>
 
 #include <CLI/CLI.hpp>
+#include <chrono>
 #include <cstdio>
+#include <thread>
 
 #include "agent/config.h"
 #include "agent/est_commands.h"
+#include "agent/provision.h"
 #include "hal/keystore.h"
 #include "shared/core/filesystem.h"
 #include "shared/core/log.h"
+#include "shared/mqtt/client.h"
 #include "shared/x509/cert.h"
 
 namespace cf = certfleet;
@@ -84,7 +88,12 @@ int main(int argc, char** argv) {
   auto* keys_list = keys->add_subcommand("list", "list key slots");
   keys_list->add_option("--key-dir", key_dir, "directory of the file key store");
 
+  auto* provision = app.add_subcommand("provision", "obtain a production identity with the claim certificate (MQTT)");
+  provision->add_option("--config", config_path, "agent.toml with a [provisioning] table (required)");
+  provision->add_flag("-v,--verbose", verbose, "log progress to stderr");
+
   CLI11_PARSE(app, argc, argv);
+  sh::MqttLibrary mqtt_library;
 
   auto& fs = sh::PosixFilesystem::Instance();
   cf::agent::AgentConfig cfg;
@@ -146,6 +155,19 @@ int main(int argc, char** argv) {
     auto handle = (*store)->Import(import_slot, key->get());
     if (!handle) return Fail(handle.error());
     std::printf("%s\n", (*handle)->uri().c_str());
+    return 0;
+  }
+
+  if (*provision) {
+    if (config_path.empty()) return Fail(sh::Status(sh::Code::kInvalidArgument, "provision needs --config FILE"));
+    auto po = cf::agent::ProvisionOptionsFromConfig(cfg);
+    if (!po) return Fail(po.error().WithContext(config_path));
+    auto result = cf::agent::RunProvision(*po, fs, sh::SystemClock::Instance(), log,
+                                          [](std::chrono::milliseconds d) { std::this_thread::sleep_for(d); });
+    if (!result) return Fail(result.error());
+    std::printf("thing=%s certificate_id=%s not_after=%s key_slot=%s\n", result->thing_name.c_str(),
+                result->certificate_id.c_str(), sh::FormatRfc3339(result->not_after).c_str(),
+                result->key_slot.c_str());
     return 0;
   }
 

@@ -67,6 +67,16 @@ const ConfigSchema<C>& Schema() {
     s.Add("mqtt.client_cert_file", sh::StringValue<C>([](C& c) -> auto& { return c.mqtt.client_cert_file; }, sh::CheckAbsolutePath));
     s.Add("mqtt.client_key_slot", sh::StringValue<C>([](C& c) -> auto& { return c.mqtt.client_key_slot; }, hal::ValidateSlotName));
     s.Add("mqtt.share_group", sh::StringValue<C>([](C& c) -> auto& { return c.mqtt.share_group; }, CheckClientId));
+    s.Add("provisioning.template_dir", sh::StringValue<C>([](C& c) -> auto& { return c.provisioning.template_dir; }, sh::CheckAbsolutePath));
+    s.Add("provisioning.pre_provision_hook", sh::StringListValue<C>([](C& c) -> auto& { return c.provisioning.pre_provision_hook; }));
+    s.Add("provisioning.post_provision_hook", sh::StringListValue<C>([](C& c) -> auto& { return c.provisioning.post_provision_hook; }));
+    s.Add("provisioning.hook_timeout", sh::DurationValue<C>([](C& c) -> auto& { return c.provisioning.hook_timeout; }, seconds(1), minutes(10)));
+    s.Add("provisioning.allow_create_keys", sh::BoolValue<C>([](C& c) -> auto& { return c.provisioning.allow_create_keys; }));
+    s.Add("provisioning.ownership_token_ttl", sh::DurationValue<C>([](C& c) -> auto& { return c.provisioning.ownership_token_ttl; }, minutes(1), hours(24)));
+    s.Add("provisioning.dialect", sh::StringValue<C>([](C& c) -> auto& { return c.provisioning.dialect; }, [](const std::string& v) {
+            return v == "certfleet" || v == "aws" ? Status::Ok() : Status(Code::kInvalidArgument, "dialect must be certfleet or aws");
+          }));
+    s.Add("provisioning.workers", sh::IntValue<C>([](C& c) -> auto& { return c.provisioning.workers; }, 1, 64));
     s.Add("keystore.backend", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.backend; }));
     s.Add("keystore.dir", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.dir; }, sh::CheckAbsolutePath));
     s.Add("registry.path", sh::StringValue<C>([](C& c) -> auto& { return c.registry_path; }, sh::CheckAbsolutePath));
@@ -89,6 +99,7 @@ sh::Result<CompanionConfig> ParseCompanionConfig(std::string_view text, const st
   derive(c.keystore.dir, "keys");
   derive(c.registry_path, "registry.sqlite3");
   derive(c.mqtt.client_cert_file, "tls/mqtt-client.pem");
+  derive(c.provisioning.template_dir, "templates");
   if (c.profile.key_types.empty()) return sh::Error(Code::kInvalidArgument, source + ": profile.key_types is empty");
   if (c.tokens.default_ttl > c.tokens.max_ttl) {
     return sh::Error(Code::kInvalidArgument, source + ": tokens.default_ttl exceeds tokens.max_ttl");

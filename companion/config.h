@@ -53,6 +53,17 @@ struct MqttConfig {
   std::string share_group = "certfleet";      // $share/<group>/... so instances split the work
 };
 
+struct ProvisioningConfig {
+  std::string template_dir;                        // default STATE/templates: NAME.json files
+  std::vector<std::string> pre_provision_hook;     // exec: absolute path, then arguments; empty = allow
+  std::vector<std::string> post_provision_hook;
+  std::chrono::seconds hook_timeout{5};
+  bool allow_create_keys = false;                  // CreateKeysAndCertificate (server-generated keys)
+  std::chrono::seconds ownership_token_ttl = std::chrono::hours(1);
+  std::string dialect = "certfleet";               // "certfleet" | "aws"
+  int workers = 2;
+};
+
 struct CompanionConfig {
   std::string state_dir;
   EstConfig est;
@@ -60,6 +71,7 @@ struct CompanionConfig {
   ProfileConfig profile;
   TokenConfig tokens;
   MqttConfig mqtt;
+  ProvisioningConfig provisioning;
   hal::KeyStoreConfig keystore;
   std::string registry_path;
   std::string log_level = "info";

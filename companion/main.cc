@@ -5,7 +5,12 @@
 #include <cstdio>
 #include <thread>
 
+#include <curl/curl.h>
+
 #include "companion/est_server.h"
+#include "companion/provisioning_service.h"
+#include "shared/mqtt/client.h"
+#include "shared/x509/cert.h"
 #include "companion/init.h"
 #include "shared/core/config.h"
 #include "shared/core/filesystem.h"
@@ -19,6 +24,35 @@ namespace {
 int Fail(const sh::Status& st) {
   std::fprintf(stderr, "certfleet-companion: %s\n", st.ToString().c_str());
   return 1;
+}
+
+sh::Result<std::optional<cf::companion::HookSpec>> HookFrom(const std::vector<std::string>& argv,
+                                                           std::chrono::seconds timeout) {
+  if (argv.empty()) return std::optional<cf::companion::HookSpec>();
+  cf::companion::HookConfig hc;
+  hc.command = argv;
+  hc.timeout = timeout;
+  CF_ASSIGN_OR_RETURN(cf::companion::HookSpec spec, cf::companion::ParseHookSpec(hc));
+  return std::optional<cf::companion::HookSpec>(std::move(spec));
+}
+
+sh::Result<std::unique_ptr<cf::companion::ProvisioningService>> MakeProvisioning(cf::companion::CompanionState& state,
+                                                                                 cf::companion::HookRunner& hooks,
+                                                                                 sh::Logger& log) {
+  const auto& pc = state.config.provisioning;
+  cf::companion::ProvisioningOptions o;
+  auto& fs = sh::PosixFilesystem::Instance();
+  if (fs.Exists(pc.template_dir)) {
+    CF_ASSIGN_OR_RETURN(o.templates, cf::companion::LoadTemplateDir(pc.template_dir, fs));
+  }
+  if (o.templates.empty()) log.Warn("no provisioning templates", {{"dir", pc.template_dir}});
+  CF_ASSIGN_OR_RETURN(o.pre_provision_hook, HookFrom(pc.pre_provision_hook, pc.hook_timeout));
+  CF_ASSIGN_OR_RETURN(o.post_provision_hook, HookFrom(pc.post_provision_hook, pc.hook_timeout));
+  o.allow_create_keys = pc.allow_create_keys;
+  o.ownership_token_ttl = pc.ownership_token_ttl;
+  CF_ASSIGN_OR_RETURN(o.dialect, sh::ParseDialect(pc.dialect));
+  o.workers = pc.workers;
+  return std::make_unique<cf::companion::ProvisioningService>(state, std::move(o), hooks, sh::SystemClock::Instance(), log);
 }
 
 int RunServe(const std::string& config_path, const std::string& listen_override, const std::string& ready_file) {
@@ -46,6 +80,39 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   signal(SIGPIPE, SIG_IGN);
+
+  // Fleet provisioning over MQTT, when configured.
+  cf::companion::HookRunner hooks(log, sh::SystemClock::Instance());
+  std::unique_ptr<cf::companion::ProvisioningService> provisioning;
+  std::unique_ptr<cf::hal::KeyHandle> mqtt_key;
+  std::unique_ptr<sh::MqttClient> mqtt;
+  if (cfg->mqtt.enabled) {
+    auto prov = MakeProvisioning(*state, hooks, log);
+    if (!prov) return Fail(prov.error());
+    provisioning = std::move(*prov);
+    auto key = state->keys->Load(cfg->mqtt.client_key_slot);
+    if (!key) return Fail(key.error().WithContext("companion MQTT key (run certfleetctl broker-config)"));
+    mqtt_key = std::move(*key);
+    auto cert = fs.ReadFile(cfg->mqtt.client_cert_file, 1 << 20);
+    if (!cert) return Fail(cert.error().WithContext("companion MQTT certificate"));
+    sh::MqttOptions mo;
+    mo.host = cfg->mqtt.host;
+    mo.port = cfg->mqtt.port;
+    mo.verify_name = cfg->mqtt.verify_name;
+    mo.client_id = cfg->mqtt.client_id;
+    mo.trust_anchor_pem = sh::CertToPem(state->root.get());
+    mo.client_cert_pem = *cert;
+    mo.client_key = mqtt_key->pkey();
+    auto client = sh::MqttClient::Create(mo, log);
+    if (!client) return Fail(client.error());
+    mqtt = std::move(*client);
+    provisioning->Attach(*mqtt);
+    // The network thread reconnects by itself after the first attempt, failed or not.
+    sh::Status st = mqtt->Connect(std::chrono::seconds(10));
+    if (!st.ok()) log.Warn("MQTT broker not reachable yet; retrying in the background", {{"error", st.ToString()}});
+    log.Info("fleet provisioning enabled", {{"broker", cfg->mqtt.host + ":" + std::to_string(cfg->mqtt.port)},
+                                            {"dialect", cfg->provisioning.dialect}});
+  }
 
   cf::companion::EstService service(*state, sh::SystemClock::Instance(), log);
   cf::companion::EstServer server(service, state->config.est, *tls_chain, (*tls_key)->pkey(), log);
@@ -76,6 +143,8 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
     kill(getpid(), SIGTERM);
   }
   waiter.join();
+  if (provisioning) provisioning->Stop();
+  if (mqtt) mqtt->Disconnect();
   if (!st.ok()) return Fail(st);
   return 0;
 }
@@ -107,6 +176,11 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--ready-file", ready_file, "write the bound address here once listening");
 
   CLI11_PARSE(app, argc, argv);
+  sh::MqttLibrary mqtt_library;
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+    std::fprintf(stderr, "certfleet-companion: curl_global_init failed\n");
+    return 1;
+  }
 
   if (*init_cmd) {
     sh::StderrLogger log;

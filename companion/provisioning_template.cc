@@ -4,6 +4,7 @@
 #include <exception>
 #include <initializer_list>
 #include <regex>
+#include <set>
 #include <utility>
 
 #include <nlohmann/json.hpp>
@@ -909,10 +910,11 @@ Result<ProvisioningResult> ApplyTemplate(const ProvisioningTemplate& t,
     CF_RETURN_IF_ERROR(CheckAttributeValue(v, props + "AttributePayload." + key));
     r.attributes.emplace(key, std::move(v));
   }
+  std::set<std::string> seen_groups;
   for (size_t i = 0; i < t.thing.groups.size(); ++i) {
     std::string g = Evaluate(t.thing.groups[i], env);
     CF_RETURN_IF_ERROR(CheckGroupName(g, props + "ThingGroups" + Index(i)));
-    if (std::find(r.groups.begin(), r.groups.end(), g) == r.groups.end()) r.groups.push_back(std::move(g));
+    if (seen_groups.insert(g).second) r.groups.push_back(std::move(g));
   }
   if (t.thing.thing_type) {
     r.thing_type = Evaluate(*t.thing.thing_type, env);

@@ -519,7 +519,7 @@ TEST(ProvisioningTemplateTest, UnknownDeviceParameterIsRefused) {
 TEST(ProvisioningTemplateTest, OverlongParameterValueIsRefused) {
   auto t = MustParse(Example());
   ExpectApplyError(t, {{"SerialNumber", std::string(kMaxParameterValueBytes + 1, '1')}},
-                   {"parameter 'SerialNumber': value longer than 2048 bytes"});
+                   {"parameter 'SerialNumber': value longer than 1024 bytes"});
 }
 
 TEST(ProvisioningTemplateTest, NumberParameters) {
@@ -555,7 +555,17 @@ TEST(ProvisioningTemplateTest, AllowedValuesAndPattern) {
 
   // A pattern that backtracks exponentially elsewhere stays fast here.
   auto evil = MustParse(OneParameter({{"Type", "String"}, {"AllowedPattern", "(a|a)*(a*)*b"}}));
-  ExpectApplyError(evil, {{"P", std::string(2000, 'a')}}, {"does not match"});
+  ExpectApplyError(evil, {{"P", std::string(kMaxParameterValueBytes, 'a')}}, {"does not match"});
+  json widest = OneParameter({{"Type", "String"}, {"AllowedPattern", "(.*){256}"}});
+  widest["Resources"]["thing"]["Properties"]["ThingName"] = "t";
+  auto r = ApplyTemplate(MustParse(widest), {{"P", std::string(kMaxParameterValueBytes, 'a')}}, kCert);
+  EXPECT_TRUE(r) << r.error().ToString();
+
+  // Counted repetitions may expand to 256 atoms, no more.
+  EXPECT_TRUE(Parse(OneParameter({{"Type", "String"}, {"AllowedPattern", "a{256}"}})));
+  EXPECT_TRUE(Parse(OneParameter({{"Type", "String"}, {"AllowedPattern", "[0-9a-f]{64}|([A-Z]{2}-[0-9]{6}){2,3}"}})));
+  ExpectParseError(OneParameter({{"Type", "String"}, {"AllowedPattern", "a{257}"}}), {"too complex"});
+  ExpectParseError(OneParameter({{"Type", "String"}, {"AllowedPattern", "(ab{16}){16}"}}), {"too complex"});
 }
 
 TEST(ProvisioningTemplateTest, CertificateDerivedParametersComeFromTheCertificate) {

@@ -42,6 +42,9 @@ class ConfigValue {
 
 template <class T>
 using ConfigSetter = std::function<Status(const ConfigValue&, T&)>;
+// For a family of keys under one prefix: gets the rest of the dotted key after the prefix.
+template <class T>
+using ConfigPrefixSetter = std::function<Status(const std::string& rest, const ConfigValue&, T&)>;
 
 namespace config_internal {
 // Parses `text`, calls `visit(dotted_key, value, where)` for every leaf; returns the
@@ -57,12 +60,23 @@ class ConfigSchema {
     setters_.emplace(std::move(key), std::move(setter));
     return *this;
   }
+  // Accepts every leaf key "<prefix><rest>" with a non-empty rest (e.g. prefix
+  // "provisioning.parameters." for a TOML table of free-form keys). Exact keys win.
+  ConfigSchema& AddPrefix(std::string prefix, ConfigPrefixSetter<T> setter) {
+    prefixes_.emplace_back(std::move(prefix), std::move(setter));
+    return *this;
+  }
   // Parses `text` on top of `defaults`. Nothing of a failed parse is returned.
   Result<T> Parse(std::string_view text, const std::string& source, T defaults) const {
     Status st = config_internal::Walk(text, source, [&](const std::string& key, const ConfigValue& v) {
       auto it = setters_.find(key);
-      if (it == setters_.end()) return Status(Code::kInvalidArgument, "unknown key '" + key + "'");
-      return it->second(v, defaults).WithContext("key '" + key + "'");
+      if (it != setters_.end()) return it->second(v, defaults).WithContext("key '" + key + "'");
+      for (const auto& [prefix, setter] : prefixes_) {
+        if (key.size() > prefix.size() && key.compare(0, prefix.size(), prefix) == 0) {
+          return setter(key.substr(prefix.size()), v, defaults).WithContext("key '" + key + "'");
+        }
+      }
+      return Status(Code::kInvalidArgument, "unknown key '" + key + "'");
     });
     if (!st.ok()) return Error(st);
     return defaults;
@@ -70,11 +84,13 @@ class ConfigSchema {
   std::vector<std::string> Keys() const {
     std::vector<std::string> keys;
     for (const auto& [k, v] : setters_) keys.push_back(k);
+    for (const auto& [p, v] : prefixes_) keys.push_back(p + "*");
     return keys;
   }
 
  private:
   std::map<std::string, ConfigSetter<T>> setters_;
+  std::vector<std::pair<std::string, ConfigPrefixSetter<T>>> prefixes_;
 };
 
 // Ready-made setters. `get` returns a reference to the member to fill.

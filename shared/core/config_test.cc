@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -177,6 +178,41 @@ TEST(ConfigTest, KeysListsTheSchema) {
   auto keys = MakeSchema().Keys();
   EXPECT_EQ(keys, (std::vector<std::string>{"a.b", "enabled", "hosts", "name", "port", "server.limits.max",
                                             "server.listen", "timeout"}));
+}
+
+struct PrefixConfig {
+  std::string name;
+  std::map<std::string, std::string> params;
+};
+
+ConfigSchema<PrefixConfig> PrefixSchema() {
+  ConfigSchema<PrefixConfig> s;
+  s.Add("t.name", StringValue<PrefixConfig>([](PrefixConfig& c) -> auto& { return c.name; }));
+  s.AddPrefix("t.params.", [](const std::string& rest, const ConfigValue& v, PrefixConfig& c) -> Status {
+    auto str = v.AsString();
+    if (!str) return str.error();
+    c.params[rest] = *str;
+    return Status::Ok();
+  });
+  return s;
+}
+
+TEST(ConfigTest, PrefixKeysReachTheirSetterWithTheRest) {
+  auto r = PrefixSchema().Parse("[t]\nname = \"n\"\n[t.params]\nSerial = \"01\"\nSite = \"x\"\n", kSource, {});
+  ASSERT_TRUE(r.has_value()) << r.error().ToString();
+  EXPECT_EQ(r->name, "n");
+  EXPECT_EQ(r->params, (std::map<std::string, std::string>{{"Serial", "01"}, {"Site", "x"}}));
+  EXPECT_EQ(PrefixSchema().Keys(), (std::vector<std::string>{"t.name", "t.params.*"}));
+}
+
+TEST(ConfigTest, PrefixSetterErrorsNameTheKeyAndLine) {
+  auto r = PrefixSchema().Parse("[t.params]\nSerial = 1\n", kSource, {});
+  ASSERT_FALSE(r.has_value());
+  EXPECT_NE(r.error().ToString().find("t.params.Serial"), std::string::npos) << r.error().ToString();
+  EXPECT_NE(r.error().ToString().find("test.toml:2"), std::string::npos) << r.error().ToString();
+  // The prefix alone (an empty table) is no key; a sibling of the prefix is unknown.
+  EXPECT_TRUE(PrefixSchema().Parse("[t.params]\n", kSource, {}).has_value());
+  EXPECT_FALSE(PrefixSchema().Parse("[t]\nparamsX = \"a\"\n", kSource, {}).has_value());
 }
 
 TEST(ConfigTest, CheckHostPort) {

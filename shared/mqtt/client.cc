@@ -95,6 +95,12 @@ void MqttClient::SetMessageHandler(MessageHandler handler) {
   on_message_ = std::move(handler);
 }
 
+void MqttClient::SetStandingSubscriptions(std::vector<std::string> filters, int qos) {
+  std::lock_guard lock(mu_);
+  standing_filters_ = std::move(filters);
+  standing_qos_ = qos;
+}
+
 void MqttClient::SetConnectionHandler(ConnectionHandler handler) {
   std::lock_guard lock(mu_);
   on_connection_ = std::move(handler);
@@ -168,7 +174,16 @@ void MqttClient::Disconnect() {
   if (mosq_ == nullptr) return;
   mosquitto_disconnect(mosq_);
   if (loop_started_) {
-    mosquitto_loop_stop(mosq_, false);
+    // A client that never got a CONNACK is in libmosquitto's reconnect loop, which can
+    // miss the stop request and sleep through its backoff (up to 60 s) before the join
+    // returns; cancel that thread instead (it is in connect/select/sleep, cancellation
+    // points, holding no lock).
+    bool never_connected;
+    {
+      std::lock_guard lock(mu_);
+      never_connected = connack_rc_ != 0;
+    }
+    mosquitto_loop_stop(mosq_, never_connected);
     loop_started_ = false;
   }
   std::lock_guard lock(mu_);
@@ -178,11 +193,23 @@ void MqttClient::Disconnect() {
 void MqttClient::OnConnect(mosquitto*, void* self, int rc) {
   auto* c = static_cast<MqttClient*>(self);
   ConnectionHandler handler;
+  std::vector<std::string> filters;
+  int qos = 1;
   {
     std::lock_guard lock(c->mu_);
     c->connack_rc_ = rc;
     c->connected_ = rc == 0;
     handler = c->on_connection_;
+    filters = c->standing_filters_;
+    qos = c->standing_qos_;
+  }
+  if (rc == 0) {
+    for (const auto& f : filters) {
+      int sub_rc = mosquitto_subscribe(c->mosq_, nullptr, f.c_str(), qos);
+      if (sub_rc != MOSQ_ERR_SUCCESS) {
+        c->log_.Error("MQTT subscribe failed", {{"filter", f}, {"error", mosquitto_strerror(sub_rc)}});
+      }
+    }
   }
   c->cv_.notify_all();
   if (rc == 0) c->log_.Debug("MQTT connected", {{"client_id", c->options_.client_id}});

@@ -17,6 +17,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "shared/core/handles.h"
 #include "shared/core/log.h"
@@ -66,6 +67,9 @@ class MqttClient {
 
   // Set before Connect.
   void SetMessageHandler(MessageHandler handler);
+  // Filters subscribed on every (re)connect without waiting for SUBACK: for services
+  // that must keep their subscriptions across broker restarts.
+  void SetStandingSubscriptions(std::vector<std::string> filters, int qos);
   void SetConnectionHandler(ConnectionHandler handler);
 
   // Connects and starts the network thread; waits for CONNACK until `timeout`.
@@ -106,6 +110,8 @@ class MqttClient {
   std::map<int, int> suback_;  // mid -> first granted qos
   std::map<int, bool> puback_;  // mid -> acknowledged
   MessageHandler on_message_;
+  std::vector<std::string> standing_filters_;
+  int standing_qos_ = 1;
   ConnectionHandler on_connection_;
 };
 

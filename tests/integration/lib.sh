@@ -20,7 +20,13 @@ cleanup() {
   for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
-trap cleanup EXIT
+# With CERTFLEET_TEST_LOGS set, the server logs are shown before the work dir goes.
+show_logs() {
+  [ -n "${CERTFLEET_TEST_LOGS:-}" ] || return 0
+  local f
+  for f in "$WORK"/*.log; do [ -f "$f" ] && { echo "--- $f"; tail -40 "$f"; }; done
+}
+trap 'show_logs; cleanup' EXIT
 
 pass() { PASSED=$((PASSED + 1)); echo "ok - $1"; }
 fail() { FAILED=$((FAILED + 1)); echo "FAILED - $1"; }
@@ -109,6 +115,36 @@ make_claim_ca() {
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout claim.key -subj "/CN=claim-batch-7" \
     -out claim.csr 2>/dev/null
   openssl x509 -req -in claim.csr -CA claim-ca.pem -CAkey claim-ca.key -CAcreateserial -days 30 -out claim.pem 2>/dev/null
+}
+
+# free_port: a TCP port on 127.0.0.1 that nothing listens on right now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_for_port PORT SECONDS
+wait_for_port() {
+  local port=$1 deadline=$((SECONDS + $2))
+  until python3 -c "import socket,sys; s=socket.socket(); sys.exit(s.connect_ex(('127.0.0.1', $port)))" 2>/dev/null; do
+    if [ $SECONDS -ge $deadline ]; then echo "nothing listens on port $port" >&2; return 1; fi
+    sleep 0.05
+  done
+}
+
+# start_broker CONF_DIR: mosquitto with the configuration certfleetctl broker-config wrote.
+# mosquitto drops root privileges to its own user, which cannot read a test's temp
+# directory, so a root test run keeps it as root. Sets BROKER_PID.
+start_broker() {
+  local dir=$1 conf=$WORK/broker-run.conf
+  { [ "$(id -u)" -eq 0 ] && echo "user root"; cat "$dir/mosquitto.conf"; } >"$conf"
+  mosquitto -c "$conf" >>"$WORK/broker.log" 2>&1 &
+  BROKER_PID=$!
+  PIDS+=("$BROKER_PID")
+}
+
+stop_broker() {
+  kill "$BROKER_PID" 2>/dev/null || true
+  wait "$BROKER_PID" 2>/dev/null || true
 }
 
 # pkcs7_to_pem IN_B64 OUT_PEM
