@@ -134,7 +134,9 @@ Status WriteBrokerConfig(const BrokerConfigOptions& o, CompanionState& state, sh
   std::string conf = "# Fleet broker configuration written by certfleetctl broker-config.\n"
                      "# Include it from mosquitto.conf (include_dir) or run mosquitto -c on it.\n"
                      "# per_listener_settings applies to every listener of the broker.\n"
-                     "per_listener_settings true\n\n";
+                     "per_listener_settings true\n"
+                     "# Small request/reply messages: do not wait for delayed ACKs.\n"
+                     "set_tcp_nodelay true\n\n";
   conf += ListenerBlock("Things: production identities issued by the companion's CA.", o.listen_address,
                         o.things_port, o.out_dir, "things-ca.pem", true, "things.acl");
   conf += ListenerBlock("Claim identities: provisioning only.", o.listen_address, o.claim_port, o.out_dir,

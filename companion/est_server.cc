@@ -99,6 +99,8 @@ EstServer::EstServer(EstService& service, const EstConfig& config, const std::st
   server_->Post(R"(/\.well-known/est/.*)", handler);
   server_->Put(R"(/\.well-known/est/.*)", handler);
   server_->Delete(R"(/\.well-known/est/.*)", handler);
+  server_->Get("/cvm/v1/certificates", handler);
+  server_->Post("/cvm/v1/certificates", handler);
   server_->set_error_handler([](const httplib::Request& hreq, httplib::Response& hres) {
     if (!hres.body.empty()) return;
     std::string msg;

@@ -114,6 +114,14 @@ EstResponse EstService::Reject(const EstRequest& req, int status, const std::str
 
 EstResponse EstService::Handle(const EstRequest& req) {
   std::string_view path = req.path;
+  if (path == "/cvm/v1/certificates") {
+    if (req.method != "POST") {
+      EstResponse r = Text(405, "method not allowed; use POST");
+      r.headers.emplace_back("Allow", "POST");
+      return r;
+    }
+    return Cvm(req);
+  }
   if (path.substr(0, kPrefix.size()) != kPrefix) return Text(404, "not found: " + req.path);
   path.remove_prefix(kPrefix.size());
   std::string_view op = path;
@@ -199,6 +207,19 @@ ParsedCsr ParseCsrBody(const EstRequest& req) {
 
 }  // namespace
 
+std::optional<EstResponse> EstService::CheckToken(const EstRequest& req, const std::string& serial,
+                                                  const std::string& token, sh::WallTime now, std::string& hash) {
+  const std::string who = "serial:" + serial;
+  hash = TokenHash(token);
+  auto tok = state_.registry->FindToken(hash);
+  if (!tok) return Text(503, "registry unavailable");
+  if (!*tok) return Reject(req, 401, "token_unknown", who, "unknown enrollment token");
+  if ((*tok)->used_at) return Reject(req, 401, "token_reused", who, "enrollment token already used");
+  if ((*tok)->expires_at <= now) return Reject(req, 401, "token_expired", who, "enrollment token expired");
+  if ((*tok)->serial != serial) return Reject(req, 401, "token_foreign", who, "enrollment token belongs to another serial");
+  return std::nullopt;
+}
+
 EstResponse EstService::Enroll(const EstRequest& req) {
   const sh::WallTime now = clock_.Now();
   // 1. Who is asking: a bootstrap (claim) certificate or a one-time token.
@@ -224,14 +245,9 @@ EstResponse EstService::Enroll(const EstRequest& req) {
     if (!creds) return Reject(req, 401, "malformed_credentials", "", "malformed Authorization header");
     serial = creds->user;
     who = "serial:" + serial;
-    std::string hash = TokenHash(creds->password);
+    std::string hash;
+    if (auto refused = CheckToken(req, serial, creds->password, now, hash)) return *refused;
     OPENSSL_cleanse(creds->password.data(), creds->password.size());
-    auto tok = state_.registry->FindToken(hash);
-    if (!tok) return Text(503, "registry unavailable");
-    if (!*tok) return Reject(req, 401, "token_unknown", who, "unknown enrollment token");
-    if ((*tok)->used_at) return Reject(req, 401, "token_reused", who, "enrollment token already used");
-    if ((*tok)->expires_at <= now) return Reject(req, 401, "token_expired", who, "enrollment token expired");
-    if ((*tok)->serial != serial) return Reject(req, 401, "token_foreign", who, "enrollment token belongs to another serial");
     token_hash = hash;
   }
 
@@ -333,10 +349,21 @@ EstResponse EstService::Reenroll(const EstRequest& req) {
 
 EstResponse EstService::IssueAndRecord(const EstRequest& req, const std::string& who, const CertTemplate& tmpl,
                                        IssueRecord rec, sh::WallTime now) {
+  EstResponse refused;
+  sh::X509Ptr cert = IssueAndRecordCert(req, who, tmpl, std::move(rec), now, refused);
+  if (!cert) return refused;
+  auto der = sh::BuildCertsOnly({cert.get()});
+  if (!der) return Text(500, "encoding response failed");
+  return CertsOnly(*der, kPkcs7CertsOnly);
+}
+
+sh::X509Ptr EstService::IssueAndRecordCert(const EstRequest& req, const std::string& who, const CertTemplate& tmpl,
+                                           IssueRecord rec, sh::WallTime now, EstResponse& refused) {
   auto cert = state_.issuer->Issue(tmpl, now);
   if (!cert) {
     log_.Error("issuance failed", {{"error", cert.error().ToString()}});
-    return Text(500, "issuance failed");
+    refused = Text(500, "issuance failed");
+    return nullptr;
   }
   sh::CertInfo info = sh::DescribeCert(cert->get());
   CertRecord& c = rec.cert;
@@ -352,23 +379,23 @@ EstResponse EstService::IssueAndRecord(const EstRequest& req, const std::string&
   if (!st.ok()) {
     if (st.code() == Code::kFailedPrecondition) {
       // Lost a race: the token was used, or the thing enrolled, since the check.
-      return Reject(req, rec.token_hash ? 401 : 403, rec.token_hash ? "token_reused" : "thing_exists", who,
-                    st.message());
+      refused = Reject(req, rec.token_hash ? 401 : 403, rec.token_hash ? "token_reused" : "thing_exists", who,
+                       st.message());
+      return nullptr;
     }
     log_.Error("recording certificate failed", {{"error", st.ToString()}});
     if (sh::IsRetryable(st.code())) {
-      EstResponse r = Text(503, "registry busy, retry later");
-      r.headers.emplace_back("Retry-After", "5");
-      return r;
+      refused = Text(503, "registry busy, retry later");
+      refused.headers.emplace_back("Retry-After", "5");
+      return nullptr;
     }
-    return Text(500, "recording the certificate failed");
+    refused = Text(500, "recording the certificate failed");
+    return nullptr;
   }
   log_.Info("issued", {{"thing", c.thing_name}, {"serial", info.serial}, {"fingerprint", info.id},
                        {"not_after", sh::FormatRfc3339(info.not_after)}, {"source", c.source},
                        {"replaces", rec.replaces_cert_id.value_or("")}});
-  auto der = sh::BuildCertsOnly({cert->get()});
-  if (!der) return Text(500, "encoding response failed");
-  return CertsOnly(*der, kPkcs7CertsOnly);
+  return std::move(*cert);
 }
 
 }  // namespace certfleet::companion

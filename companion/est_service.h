@@ -53,6 +53,15 @@ class EstService {
   // the certificate fields are filled in here) durably, then answers with it.
   EstResponse IssueAndRecord(const EstRequest& request, const std::string& who, const CertTemplate& tmpl,
                              IssueRecord rec, shared::WallTime now);
+  // The same, returning the certificate; on failure null with the answer in `refused`.
+  shared::X509Ptr IssueAndRecordCert(const EstRequest& request, const std::string& who, const CertTemplate& tmpl,
+                                     IssueRecord rec, shared::WallTime now, EstResponse& refused);
+  // A one-time token for `serial`: nullopt when it may be used (its hash in `hash`),
+  // otherwise the refusal, recorded as a security event.
+  std::optional<EstResponse> CheckToken(const EstRequest& request, const std::string& serial, const std::string& token,
+                                        shared::WallTime now, std::string& hash);
+  // POST /cvm/v1/certificates (cvm.cc).
+  EstResponse Cvm(const EstRequest& request);
   EstResponse Reject(const EstRequest& request, int status, const std::string& kind, const std::string& who,
                      const std::string& message);
 

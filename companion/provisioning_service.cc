@@ -243,6 +243,23 @@ void ProvisioningService::Attach(sh::MqttClient& client) {
     cv_.notify_one();
   });
   for (int i = 0; i < std::max(1, options_.workers); ++i) workers_.emplace_back([this] { Worker(); });
+  workers_.emplace_back([this] { Janitor(); });
+}
+
+void ProvisioningService::Janitor() {
+  std::unique_lock lock(mu_);
+  while (!stopping_) {
+    janitor_cv_.wait_for(lock, std::chrono::minutes(1), [&] { return stopping_; });
+    if (stopping_) return;
+    lock.unlock();
+    auto deleted = state_.registry->DeleteExpiredPending(clock_.Now());
+    if (!deleted) {
+      log_.Warn("cleaning up expired pending certificates failed", {{"error", deleted.error().ToString()}});
+    } else if (*deleted > 0) {
+      log_.Info("deleted pending certificates whose ownership token expired", {{"count", std::to_string(*deleted)}});
+    }
+    lock.lock();
+  }
 }
 
 void ProvisioningService::Worker() {
@@ -268,6 +285,7 @@ void ProvisioningService::Stop() {
     stopping_ = true;
   }
   cv_.notify_all();
+  janitor_cv_.notify_all();
   for (auto& t : workers_) {
     if (t.joinable()) t.join();
   }

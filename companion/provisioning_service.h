@@ -82,6 +82,8 @@ class ProvisioningService {
   };
   Result<Pending> IssuePending(const shared::ProvisioningTopic& topic, EVP_PKEY* pub, const std::string& cn);
   void Worker();
+  // Deletes pending certificates whose ownership token expired, once a minute.
+  void Janitor();
 
   CompanionState& state_;
   ProvisioningOptions options_;
@@ -92,7 +94,8 @@ class ProvisioningService {
 
   shared::MqttClient* client_ = nullptr;
   std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;          // workers: a request was queued
+  std::condition_variable janitor_cv_;  // janitor: stop
   std::deque<shared::MqttMessage> queue_;
   bool stopping_ = false;
   std::vector<std::thread> workers_;

@@ -24,7 +24,7 @@ using shared::Status;
 
 constexpr int kMaxDepth = 16;             // nesting of intrinsic functions and conditions
 constexpr size_t kMaxValueNodes = 10000;  // literals + intrinsic functions in one template
-constexpr size_t kMaxPatternAtoms = 256;  // an AllowedPattern after expanding {n,m}
+constexpr size_t kMaxPatternAtoms = 128;  // an AllowedPattern after expanding {n,m}
 constexpr size_t kMaxQuoted = 64;
 
 // 'text' for a message: at most kMaxQuoted bytes, anything but printable ASCII as '?'.
@@ -214,6 +214,11 @@ Status CheckParameterValue(const TemplateParameter& p, std::string_view value, c
   if (!p.allowed_values.empty() &&
       std::find(p.allowed_values.begin(), p.allowed_values.end(), value) == p.allowed_values.end()) {
     return Invalid(where, "value " + Quote(value) + " is not one of AllowedValues");
+  }
+  if (p.compiled_pattern && value.size() > kMaxPatternValueBytes) {
+    // Matching time grows with length times pattern size: both are bounded.
+    return Invalid(where, "value longer than " + std::to_string(kMaxPatternValueBytes) +
+                              " bytes, the limit for a value checked against AllowedPattern");
   }
   if (p.compiled_pattern && !PatternMatches(*p.compiled_pattern, value)) {
     return Invalid(where, "value " + Quote(value) + " does not match AllowedPattern " + Quote(p.allowed_pattern));

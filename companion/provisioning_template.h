@@ -41,6 +41,7 @@ inline constexpr size_t kMaxTemplateBytes = 256 * 1024;  // the JSON text
 inline constexpr size_t kMaxTemplateNameLength = 36;
 inline constexpr size_t kMaxParameterValueBytes = 1024;  // each supplied parameter value
 inline constexpr size_t kMaxAllowedPatternLength = 128;
+inline constexpr size_t kMaxPatternValueBytes = 256;  // a value checked against an AllowedPattern
 
 inline constexpr char kCertificateIdParameter[] = "AWS::IoT::Certificate::Id";
 inline constexpr char kCertificateCommonNameParameter[] = "AWS::IoT::Certificate::CommonName";
@@ -165,7 +166,8 @@ struct ProvisioningResult {
 //   - `device_parameters` or `parameter_overrides` names an undeclared parameter or a
 //     certificate-derived one, or has a value longer than kMaxParameterValueBytes;
 //   - a declared parameter without Default has no value ("missing required parameter");
-//   - a value breaks its Type (Number: decimal integer or float), AllowedValues or AllowedPattern;
+//   - a value breaks its Type (Number: decimal integer or float), AllowedValues or AllowedPattern
+//     (a value checked against an AllowedPattern is at most kMaxPatternValueBytes long);
 //   - a result breaks AWS's rules: thing name 1-128 of A-Z a-z 0-9 : _ . -, attribute
 //     values, group, thing type and policy names, certificate Status ACTIVE or INACTIVE.
 shared::Result<ProvisioningResult> ApplyTemplate(const ProvisioningTemplate& t,

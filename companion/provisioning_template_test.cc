@@ -555,16 +555,20 @@ TEST(ProvisioningTemplateTest, AllowedValuesAndPattern) {
 
   // A pattern that backtracks exponentially elsewhere stays fast here.
   auto evil = MustParse(OneParameter({{"Type", "String"}, {"AllowedPattern", "(a|a)*(a*)*b"}}));
-  ExpectApplyError(evil, {{"P", std::string(kMaxParameterValueBytes, 'a')}}, {"does not match"});
-  json widest = OneParameter({{"Type", "String"}, {"AllowedPattern", "(.*){256}"}});
+  ExpectApplyError(evil, {{"P", std::string(kMaxPatternValueBytes, 'a')}}, {"does not match"});
+  json widest = OneParameter({{"Type", "String"}, {"AllowedPattern", "(.*){128}"}});
   widest["Resources"]["thing"]["Properties"]["ThingName"] = "t";
-  auto r = ApplyTemplate(MustParse(widest), {{"P", std::string(kMaxParameterValueBytes, 'a')}}, kCert);
+  auto parsed_widest = MustParse(widest);
+  auto r = ApplyTemplate(parsed_widest, {{"P", std::string(kMaxPatternValueBytes, 'a')}}, kCert);
   EXPECT_TRUE(r) << r.error().ToString();
+  // Values checked against a pattern are shorter than other values.
+  ExpectApplyError(parsed_widest, {{"P", std::string(kMaxPatternValueBytes + 1, 'a')}},
+                   {"parameter 'P': value longer than 256 bytes, the limit for a value checked against AllowedPattern"});
 
-  // Counted repetitions may expand to 256 atoms, no more.
-  EXPECT_TRUE(Parse(OneParameter({{"Type", "String"}, {"AllowedPattern", "a{256}"}})));
+  // Counted repetitions may expand to 128 atoms, no more.
+  EXPECT_TRUE(Parse(OneParameter({{"Type", "String"}, {"AllowedPattern", "a{128}"}})));
   EXPECT_TRUE(Parse(OneParameter({{"Type", "String"}, {"AllowedPattern", "[0-9a-f]{64}|([A-Z]{2}-[0-9]{6}){2,3}"}})));
-  ExpectParseError(OneParameter({{"Type", "String"}, {"AllowedPattern", "a{257}"}}), {"too complex"});
+  ExpectParseError(OneParameter({{"Type", "String"}, {"AllowedPattern", "a{129}"}}), {"too complex"});
   ExpectParseError(OneParameter({{"Type", "String"}, {"AllowedPattern", "(ab{16}){16}"}}), {"too complex"});
 }
 

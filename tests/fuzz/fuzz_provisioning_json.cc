@@ -62,16 +62,23 @@ void CheckTopics(std::string_view input) {
   // The input as a client id and as a template name: accepted ones build topics that
   // parse back to the same fields.
   if (ValidateClientId(input).ok()) {
-    ProvisioningTopic topic{Dialect::kCertfleet, Operation::kRegisterThing, std::string(input), "t"};
+    ProvisioningTopic topic{Dialect::kCertfleet, Operation::kRegisterThing, std::string(input), "t", "claim-1"};
     auto built = RequestTopic(topic);
     Check(built.has_value(), "a valid client id does not build a topic");
     auto back = ParseRequestTopic(*built);
     Check(back.has_value() && *back == topic, "client id does not round-trip through a topic");
   }
+  if (ValidateClaimSubject(input).ok()) {
+    ProvisioningTopic topic{Dialect::kCertfleet, Operation::kCreateCertificateFromCsr, "c", "", std::string(input)};
+    auto built = RequestTopic(topic);
+    Check(built.has_value(), "a valid claim subject does not build a topic");
+    auto back = ParseRequestTopic(*built);
+    Check(back.has_value() && *back == topic, "claim subject does not round-trip through a topic");
+  }
   if (ValidateTemplateName(input).ok()) {
     for (Dialect dialect : {Dialect::kAws, Dialect::kCertfleet}) {
       ProvisioningTopic topic{dialect, Operation::kRegisterThing, dialect == Dialect::kAws ? "" : "c",
-                              std::string(input)};
+                              std::string(input), dialect == Dialect::kAws ? "" : "claim-1"};
       auto built = RequestTopic(topic);
       Check(built.has_value(), "a valid template name does not build a topic");
       auto back = ParseRequestTopic(*built);

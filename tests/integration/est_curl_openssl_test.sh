@@ -96,12 +96,30 @@ check "certfleetctl certs revoke" "$CTL" --config "$COMPANION_CONFIG" certs revo
 check_eq "reenroll with a revoked certificate 403" 403 "$(http_status --cacert root.pem --cert ec.pem --key ec.key -H 'Content-Type: application/pkcs10' --data-binary @ec2.csr.b64 "$URL/simplereenroll")"
 check_fails "TLS 1.1 is refused" curl -sS --tlsv1.1 --tls-max 1.1 --cacert root.pem "$URL/cacerts"
 
+# The certificate vending endpoint: serial + one-time token + CSR, JSON.
+CVM=https://$COMPANION_ADDR/cvm/v1/certificates
+CVM_TOKEN=$("$CTL" --config "$COMPANION_CONFIG" token create --serial gw-cvm 2>/dev/null)
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout cvm.key -subj "/CN=gw-cvm" -out cvm.csr 2>/dev/null
+cvm_body() { python3 -c "import json,sys; print(json.dumps({'serialNumber': sys.argv[1], 'registrationToken': sys.argv[2], 'certificateSigningRequest': open('cvm.csr').read()}))" "$1" "$2"; }
+cvm_body gw-cvm "$CVM_TOKEN" >cvm.json
+check_eq "CVM issues a certificate" 200 "$(http_status --cacert root.pem -H 'Content-Type: application/json' --data-binary @cvm.json "$CVM")"
+python3 -c "import json; print(json.load(open('$WORK/body.out'))['certificatePem'], end='')" >cvm.pem
+check "the CVM certificate chains to the root (issuing CA included)" openssl verify -CAfile root.pem -untrusted cvm.pem cvm.pem
+check_eq "a replayed CVM token is refused" 401 "$(http_status --cacert root.pem -H 'Content-Type: application/json' --data-binary @cvm.json "$CVM")"
+check "the refusal is JSON" python3 -c "import json; assert json.load(open('$WORK/body.out'))['statusCode'] == 401"
+CVM_TOKEN2=$("$CTL" --config "$COMPANION_CONFIG" token create --serial gw-cvm2 2>/dev/null)
+cvm_body gw-cvm "$CVM_TOKEN2" >cvm-foreign.json
+check_eq "a foreign CVM token is refused" 401 "$(http_status --cacert root.pem -H 'Content-Type: application/json' --data-binary @cvm-foreign.json "$CVM")"
+check_eq "CVM wants JSON" 415 "$(http_status --cacert root.pem -H 'Content-Type: text/plain' --data-binary @cvm.json "$CVM")"
+check_eq "CVM refuses a malformed body" 400 "$(http_status --cacert root.pem -H 'Content-Type: application/json' --data-binary '{"serialNumber": 5}' "$CVM")"
+check_eq "CVM GET is 405" 405 "$(http_status --cacert root.pem "$CVM")"
+
 # The registry agrees with what was handed out.
 "$CTL" --config "$COMPANION_CONFIG" certs list --json >certs.json
-check_eq "certificates recorded" 6 "$(python3 -c "import json; print(len(json.load(open('certs.json'))))")"
+check_eq "certificates recorded" 7 "$(python3 -c "import json; print(len(json.load(open('certs.json'))))")"
 check_eq "one current certificate for gw-ec" 1 "$(python3 -c "import json; print(sum(1 for c in json.load(open('certs.json')) if c['thingName']=='gw-ec' and c['current']))")"
 "$CTL" --config "$COMPANION_CONFIG" things list --json >things.json
-check_eq "things recorded" "gw-claimed gw-ec gw-rsa" "$(python3 -c "import json; print(' '.join(t['thingName'] for t in json.load(open('things.json'))))")"
+check_eq "things recorded" "gw-claimed gw-cvm gw-ec gw-rsa" "$(python3 -c "import json; print(' '.join(t['thingName'] for t in json.load(open('things.json'))))")"
 check "no token appears in the companion log" bash -c "! grep -qF '$TOKEN' '$WORK/companion.log'"
 
 finish
