@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "bench/est_client.h"
+#include "bench/load_stats.h"
 #include "shared/core/base64.h"
 #include "shared/x509/csr.h"
 #include "shared/x509/key.h"
@@ -76,29 +77,6 @@ std::string SpkiDer(X509_PUBKEY* pub) {
   std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(len));
   OPENSSL_free(der);
   return out;
-}
-
-// Runs fn(i) for i in [0, count) on all cores; returns the first error.
-sh::Status ParallelFor(int64_t count, const std::function<sh::Status(int64_t)>& fn) {
-  std::atomic<int64_t> next{0};
-  std::mutex mu;
-  sh::Status first;
-  unsigned n = std::max(1u, std::thread::hardware_concurrency());
-  std::vector<std::thread> threads;
-  for (unsigned t = 0; t < n; ++t) {
-    threads.emplace_back([&] {
-      for (int64_t i; (i = next.fetch_add(1)) < count;) {
-        sh::Status st = fn(i);
-        if (!st.ok()) {
-          std::lock_guard lock(mu);
-          if (first.ok()) first = st;
-          next = count;
-        }
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  return first;
 }
 
 // Generates keys and CSRs and renders every HTTP request up front, so that neither key
@@ -172,13 +150,6 @@ struct Summary {
   std::map<std::string, int64_t> failures;
 };
 
-// Nearest-rank percentile of sorted values.
-double Percentile(const std::vector<double>& sorted, double p) {
-  if (sorted.empty()) return 0;
-  auto rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(sorted.size())));
-  return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
-}
-
 void RunWorker(const EstClient& client, const Options& o, const Workload& work, std::atomic<int64_t>& next,
                int64_t limit, std::optional<Clock::time_point> deadline, WorkerStats& stats) {
   const bool enroll = o.mode == "enroll";
@@ -209,19 +180,6 @@ void RunWorker(const EstClient& client, const Options& o, const Workload& work, 
       if (stats.details.size() < 3) stats.details.push_back(detail);
     }
   }
-}
-
-double ProcessCpuSeconds() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  auto secs = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
-  return secs(ru.ru_utime) + secs(ru.ru_stime);
-}
-
-std::string Fixed(double v, int digits) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-  return buf;
 }
 
 void Print(const Summary& s, const Options& o) {

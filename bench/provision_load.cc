@@ -28,6 +28,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/load_stats.h"
 #include "shared/core/log.h"
 #include "shared/mqtt/client.h"
 #include "shared/wire/provisioning.h"
@@ -122,29 +123,6 @@ sh::Result<std::string> ReadFile(const std::string& path) {
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
-}
-
-// Runs fn(i) for i in [0, count) on all cores; returns the first error.
-sh::Status ParallelFor(int64_t count, const std::function<sh::Status(int64_t)>& fn) {
-  std::atomic<int64_t> next{0};
-  std::mutex mu;
-  sh::Status first;
-  unsigned n = std::max(1u, std::thread::hardware_concurrency());
-  std::vector<std::thread> threads;
-  for (unsigned t = 0; t < n; ++t) {
-    threads.emplace_back([&] {
-      for (int64_t i; (i = next.fetch_add(1)) < count;) {
-        sh::Status st = fn(i);
-        if (!st.ok()) {
-          std::lock_guard lock(mu);
-          if (first.ok()) first = st;
-          next = count;
-        }
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  return first;
 }
 
 sh::Status PrepareDevice(const Options& o, const Claim& claim, int64_t index, Device& d) {
@@ -277,26 +255,6 @@ struct WorkerStats {
   std::map<std::string, int64_t> failures;
   std::vector<std::string> details;  // the first few
 };
-
-// Nearest-rank percentile of sorted values.
-double Percentile(const std::vector<double>& sorted, double p) {
-  if (sorted.empty()) return 0;
-  auto rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(sorted.size())));
-  return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
-}
-
-double ProcessCpuSeconds() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  auto secs = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + static_cast<double>(tv.tv_usec) / 1e6; };
-  return secs(ru.ru_utime) + secs(ru.ru_stime);
-}
-
-std::string Fixed(double v, int digits) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.*f", digits, v);
-  return buf;
-}
 
 sh::Result<Claim> LoadClaim(const Options& o) {
   Claim c;

@@ -29,11 +29,10 @@ warmup=${EST_BENCH_WARMUP:-50}
 rounds=${EST_BENCH_ROUNDS:-4}
 server_threads=${EST_BENCH_SERVER_THREADS:-}
 target=0.5
+bench_name=run_est_bench
 
-die() {
-  echo "run_est_bench: $*" >&2
-  exit 1
-}
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 for v in concurrency requests warmup rounds; do
   [[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a non-negative integer, got '${!v}'"
@@ -41,119 +40,14 @@ done
 ((concurrency > 0 && requests > 0 && rounds > 0)) || die "concurrency, requests and rounds must be positive"
 [[ -z $server_threads || $server_threads =~ ^[1-9][0-9]*$ ]] || die "EST_BENCH_SERVER_THREADS must be a positive integer"
 
-[[ -d $build_dir ]] || die "build directory '$build_dir' not found (build with CERTFLEET_BUILD_BENCH=ON first)"
-build_dir=$(cd "$build_dir" && pwd)
-companion=$build_dir/companion/certfleet-companion
-ctl=$build_dir/companion/certfleetctl
-est_load=$build_dir/bench/est-load
-for exe in "$companion" "$ctl" "$est_load"; do
-  [[ -x $exe ]] || die "missing $exe"
-done
+use_build_dir "$build_dir" est-load
+est_load=$load_tool
 command -v openssl >/dev/null || die "openssl command not found"
 
-loadavg() { cut -d' ' -f1 /proc/loadavg; }
-load_start=$(loadavg)
-if awk -v l="$load_start" -v c="$(nproc)" 'BEGIN { exit !(l > c / 2) }'; then
-  echo "run_est_bench: warning: load average $load_start on $(nproc) cores; other work will skew the figures" >&2
-fi
+note_load
+make_work certfleet-est-bench
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/certfleet-est-bench.XXXXXX")
-pids=()
-cleanup() {
-  local pid
-  for pid in ${pids[@]+"${pids[@]}"}; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in ${pids[@]+"${pids[@]}"}; do
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Forgets a background process that has ended.
-forget() {
-  local p rest=()
-  for p in ${pids[@]+"${pids[@]}"}; do
-    [[ $p == "$1" ]] || rest+=("$p")
-  done
-  pids=(${rest[@]+"${rest[@]}"})
-}
-
-# Stops one background process started here.
-stop() {
-  kill "$1" 2>/dev/null || true
-  wait "$1" 2>/dev/null || true
-  forget "$1"
-}
-
-# Runs a command in the background and waits for it: a signal then interrupts the wait
-# at once, and the EXIT trap stops the command too. Returns the command's status.
-run() {
-  local pid rc=0
-  "$@" &
-  pid=$!
-  pids+=("$pid")
-  wait "$pid" || rc=$?
-  forget "$pid"
-  return "$rc"
-}
-
-# Polls (bounded, 20 s) until FILE matches PATTERN while PID is alive.
-wait_for() {
-  local file=$1 pattern=$2 pid=$3 log=$4 deadline=$((SECONDS + 20))
-  until grep -qE "$pattern" "$file" 2>/dev/null; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      cat "$log" >&2 || true
-      die "process $pid exited before it was ready"
-    fi
-    ((SECONDS < deadline)) || die "timed out waiting for $file"
-    sleep 0.05
-  done
-}
-
-# User+system CPU seconds consumed so far by PID.
-cpu_seconds() {
-  local stat
-  stat=$(<"/proc/$1/stat")
-  stat=${stat##*) }  # drop "pid (comm) ", comm may contain spaces
-  # After the cut, utime and stime are fields 12 and 13.
-  awk -v tck="$(getconf CLK_TCK)" '{ printf "%.2f", ($12 + $13) / tck }' <<<"$stat"
-}
-
-field() {  # field KEY LINE
-  sed -n "s/.*\<$1=\([^ ]*\).*/\1/p" <<<"$2"
-}
-
-# --- Keys and certificates (EC P-256), generated with the openssl CLI ------------
-ec_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-make_ca() {  # make_ca NAME CN [ISSUER]  -> NAME.key NAME.pem
-  local name=$1 cn=$2 issuer=${3:-}
-  ec_key "$work/$name.key"
-  if [[ -z $issuer ]]; then
-    openssl req -x509 -new -key "$work/$name.key" -subj "/CN=$cn" -days 2 -sha256 \
-      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-      -out "$work/$name.pem" 2>/dev/null
-  else
-    printf 'basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n' >"$work/$name.ext"
-    issue "$name" "$cn" "$issuer"
-  fi
-}
-issue() {  # issue NAME CN ISSUER  (extensions from NAME.ext; key NAME.key must exist)
-  local name=$1 cn=$2 issuer=$3
-  openssl req -new -key "$work/$name.key" -subj "/CN=$cn" -out "$work/$name.csr" 2>/dev/null
-  openssl x509 -req -in "$work/$name.csr" -CA "$work/$issuer.pem" -CAkey "$work/$issuer.key" \
-    -set_serial "0x$(openssl rand -hex 16)" -days 2 -sha256 -extfile "$work/$name.ext" \
-    -out "$work/$name.pem" 2>/dev/null
-}
-
-make_ca claim-ca "certfleet bench claim CA"
-ec_key "$work/claim.key"
-printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' \
-  >"$work/claim.ext"
-issue claim "bench-claim" claim-ca
+make_claim
 
 # s_server gets the same shape as the companion's TLS identity: an EC P-256 leaf
 # issued by an intermediate under a root, sent with the intermediate.
@@ -165,14 +59,7 @@ printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n
 issue srv localhost srv-int
 
 # --- Companion -------------------------------------------------------------------
-state=$work/companion
-"$companion" init --state-dir "$state" >"$work/init.log" 2>&1 || { cat "$work/init.log" >&2; die "companion init failed"; }
-config=$state/companion.toml
-grep -q '^\[est\]$' "$config" || die "no [est] table in $config"
-# Keys go right after the [est] header (a key after a later table header would belong
-# to that table); an existing uncommented bootstrap_trust_file is replaced.
-sed -i -e '/^[[:space:]]*bootstrap_trust_file[[:space:]]*=/d' \
-  -e "s|^\[est\]\$|[est]\nbootstrap_trust_file = \"$work/claim-ca.pem\"|" "$config"
+init_companion
 if [[ -n $server_threads ]]; then
   sed -i -e '/^[[:space:]]*threads[[:space:]]*=/d' -e "s|^\[est\]\$|[est]\nthreads = $server_threads|" "$config"
 fi

@@ -28,118 +28,34 @@ devices=${PROVISION_BENCH_DEVICES:-500}
 concurrency=${PROVISION_BENCH_CONCURRENCY:-16}
 workers=${PROVISION_BENCH_WORKERS:-4}
 aws_quota=10
+bench_name=run_provision_bench
 
-die() {
-  echo "run_provision_bench: $*" >&2
-  exit 1
-}
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 for v in devices concurrency workers; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer, got '${!v}'"
 done
 
-[[ -d $build_dir ]] || die "build directory '$build_dir' not found (build with CERTFLEET_BUILD_BENCH=ON first)"
-build_dir=$(cd "$build_dir" && pwd)
-companion=$build_dir/companion/certfleet-companion
-ctl=$build_dir/companion/certfleetctl
-provision_load=$build_dir/bench/provision-load
-for exe in "$companion" "$ctl" "$provision_load"; do
-  [[ -x $exe ]] || die "missing $exe"
-done
+use_build_dir "$build_dir" provision-load
+provision_load=$load_tool
 for cmd in openssl mosquitto python3; do
   command -v "$cmd" >/dev/null || die "$cmd command not found"
 done
 
-loadavg() { cut -d' ' -f1 /proc/loadavg; }
-load_start=$(loadavg)
-if awk -v l="$load_start" -v c="$(nproc)" 'BEGIN { exit !(l > c / 2) }'; then
-  echo "run_provision_bench: warning: load average $load_start on $(nproc) cores; other work will skew the figures" >&2
-fi
-
-work=$(mktemp -d "${TMPDIR:-/tmp}/certfleet-provision-bench.XXXXXX")
-pids=()
-cleanup() {
-  local pid
-  for pid in ${pids[@]+"${pids[@]}"}; do
-    kill "$pid" 2>/dev/null || true
-  done
-  for pid in ${pids[@]+"${pids[@]}"}; do
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Runs a command in the background and waits for it: a signal then interrupts the wait
-# at once, and the EXIT trap stops the command too. Returns the command's status.
-run() {
-  local pid rc=0
-  "$@" &
-  pid=$!
-  pids+=("$pid")
-  wait "$pid" || rc=$?
-  return "$rc"
-}
-
-# Polls (bounded, 20 s) until FILE matches PATTERN while PID is alive.
-wait_for() {
-  local file=$1 pattern=$2 pid=$3 log=$4 deadline=$((SECONDS + 20))
-  until grep -qE "$pattern" "$file" 2>/dev/null; do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -40 "$log" >&2 || true
-      die "process $pid exited before it was ready"
-    fi
-    ((SECONDS < deadline)) || { tail -40 "$log" >&2 || true; die "timed out waiting for '$pattern' in $file"; }
-    sleep 0.05
-  done
-}
-
-# A loopback TCP port that nothing listens on right now.
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-# User+system CPU seconds consumed so far by PID.
-cpu_seconds() {
-  local stat
-  stat=$(<"/proc/$1/stat")
-  stat=${stat##*) }  # drop "pid (comm) ", comm may contain spaces
-  # After the cut, utime and stime are fields 12 and 13.
-  awk -v tck="$(getconf CLK_TCK)" '{ printf "%.2f", ($12 + $13) / tck }' <<<"$stat"
-}
-
-field() {  # field KEY LINE
-  sed -n "s/.*\<$1=\([^ ]*\).*/\1/p" <<<"$2"
-}
+note_load
+make_work certfleet-provision-bench
 
 # --- Claim CA and claim certificate (EC P-256), as a factory would make them -----
-ec_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-ec_key "$work/claim-ca.key"
-openssl req -x509 -new -key "$work/claim-ca.key" -subj "/CN=certfleet bench claim CA" -days 2 -sha256 \
-  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
-  -out "$work/claim-ca.pem" 2>/dev/null
-ec_key "$work/claim.key"
-printf 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n' \
-  >"$work/claim.ext"
-openssl req -new -key "$work/claim.key" -subj "/CN=bench-claim" -out "$work/claim.csr" 2>/dev/null
-openssl x509 -req -in "$work/claim.csr" -CA "$work/claim-ca.pem" -CAkey "$work/claim-ca.key" \
-  -set_serial "0x$(openssl rand -hex 16)" -days 2 -sha256 -extfile "$work/claim.ext" \
-  -out "$work/claim.pem" 2>/dev/null
+make_claim
 
 # --- Companion state, template, broker configuration --------------------------------
-state=$work/companion
 things_port=$(free_port)
 claim_port=$(free_port)
-"$companion" init --state-dir "$state" >"$work/init.log" 2>&1 || { cat "$work/init.log" >&2; die "companion init failed"; }
-config=$state/companion.toml
-grep -q '^\[est\]$' "$config" || die "no [est] table in $config"
+init_companion
 if grep -qE '^\[(mqtt|provisioning)\]$' "$config"; then
   die "$config already has an [mqtt] or [provisioning] table"
 fi
-sed -i -e '/^[[:space:]]*bootstrap_trust_file[[:space:]]*=/d' \
-  -e "s|^\[est\]\$|[est]\nbootstrap_trust_file = \"$work/claim-ca.pem\"|" "$config"
 cat >>"$config" <<TOML
 
 [mqtt]

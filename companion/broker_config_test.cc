@@ -16,6 +16,7 @@
 #include "companion/config.h"
 #include "companion/init.h"
 #include "companion/registry.h"
+#include "companion/testing/test_companion.h"
 #include "hal/memory_keystore.h"
 #include "shared/core/clock.h"
 #include "shared/core/filesystem.h"
@@ -30,8 +31,6 @@ namespace {
 namespace sh = shared;
 using shared::Code;
 using std::chrono::hours;
-
-const sh::WallTime kStart = sh::FromUnixSeconds(1767225600);
 
 // The lines of `text` between the line starting with `from` (inclusive) and the next
 // line starting with `until` (exclusive) or the end.
@@ -53,19 +52,10 @@ bool HasLine(const std::string& text, const std::string& line) {
   return false;
 }
 
-class BrokerConfigTest : public ::testing::Test {
+class BrokerConfigTest : public TestCompanion {
  protected:
   void SetUp() override {
-    ASSERT_FALSE(dir_.path().empty()) << "mkdtemp failed";
-    InitOptions o;
-    o.state_dir = dir_.path() + "/state";
-    auto config_path = InitCompanion(o, fs_, clock_, log_);
-    ASSERT_TRUE(config_path) << config_path.error().ToString();
-    auto cfg = LoadCompanionConfig(*config_path, fs_);
-    ASSERT_TRUE(cfg) << cfg.error().ToString();
-    auto state = LoadCompanionState(*cfg, fs_, LoadOptions{});
-    ASSERT_TRUE(state) << state.error().ToString();
-    state_ = std::make_unique<CompanionState>(std::move(*state));
+    ASSERT_NO_FATAL_FAILURE(InitState(log_));
     MakeClaimCa();
     options_.out_dir = dir_.path() + "/broker";
     options_.things_port = 18883;
@@ -74,14 +64,10 @@ class BrokerConfigTest : public ::testing::Test {
 
   // A claim CA (its own key store) as the bootstrap trust file.
   void MakeClaimCa() {
-    auto key = claim_keys_.Generate("claim-ca", sh::KeyType::kEcP256);
-    ASSERT_TRUE(key) << key.error().ToString();
-    auto cert = MakeRootCa((*key)->pkey(), "claim CA", hours(24 * 365), clock_.Now());
-    ASSERT_TRUE(cert) << cert.error().ToString();
-    claim_ca_pem_ = sh::CertToPem(cert->get());
-    std::string path = dir_.path() + "/claim-cas.pem";
-    ASSERT_TRUE(fs_.WriteFileAtomic(path, claim_ca_pem_, 0644).ok());
-    state_->config.est.bootstrap_trust_file = path;
+    claim_ca_ = MakeTestCa("claim CA", clock_.Now(), hours(24 * 365));
+    ASSERT_TRUE(claim_ca_);
+    claim_ca_pem_ = sh::CertToPem(claim_ca_->cert());
+    ASSERT_NO_FATAL_FAILURE(WriteClaimTrust(claim_ca_pem_));
   }
 
   Status Write() { return WriteBrokerConfig(options_, *state_, fs_, clock_, log_); }
@@ -134,12 +120,7 @@ class BrokerConfigTest : public ::testing::Test {
     return info.id;
   }
 
-  sh::TempDir dir_;
-  sh::PosixFilesystem fs_;
-  sh::FakeClock clock_{kStart};
-  sh::CaptureLogger log_;
-  std::unique_ptr<CompanionState> state_;
-  hal::MemoryKeyStore claim_keys_;
+  std::unique_ptr<TestCa> claim_ca_;
   std::string claim_ca_pem_;
   BrokerConfigOptions options_;
 };

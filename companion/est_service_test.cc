@@ -21,6 +21,7 @@
 #include "companion/config.h"
 #include "companion/init.h"
 #include "companion/registry.h"
+#include "companion/testing/test_companion.h"
 #include "hal/memory_keystore.h"
 #include "shared/core/base64.h"
 #include "shared/core/clock.h"
@@ -37,12 +38,9 @@ namespace {
 
 namespace sh = shared;
 using sh::KeyType;
-using sh::TempDir;
 using std::chrono::hours;
 using std::chrono::seconds;
 
-// The fake clock starts at 2026-01-01T00:00:00Z; every certificate here is made relative to it.
-const sh::WallTime kStart = sh::FromUnixSeconds(1767225600);
 constexpr char kEst[] = "/.well-known/est/";
 constexpr char kRemote[] = "192.0.2.10:40000";
 
@@ -141,25 +139,6 @@ EstRequest Post(const std::string& op, std::string body, std::string authorizati
   return r;
 }
 
-// A CA made in the test (claim CAs, foreign CAs), issuing with the companion's own Issuer code.
-struct TestCa {
-  hal::MemoryKeyStore keys;
-  std::unique_ptr<Issuer> issuer;
-  X509* cert() const { return issuer->cert(); }
-};
-
-std::unique_ptr<TestCa> MakeTestCa(const std::string& cn, sh::WallTime now) {
-  auto ca = std::make_unique<TestCa>();
-  auto key = ca->keys.Generate("ca", KeyType::kEcP256);
-  EXPECT_TRUE(key) << key.error().ToString();
-  if (!key) return nullptr;
-  auto cert = MakeRootCa((*key)->pkey(), cn, hours(24 * 365 * 5), now);
-  EXPECT_TRUE(cert) << cert.error().ToString();
-  if (!cert) return nullptr;
-  ca->issuer = std::make_unique<Issuer>(std::move(*cert), std::move(*key), std::vector<sh::X509Ptr>{});
-  return ca;
-}
-
 struct Identity {
   sh::EvpPkeyPtr key;
   sh::X509Ptr cert;
@@ -182,19 +161,10 @@ Identity IssueLeaf(Issuer& issuer, const std::string& cn, sh::WallTime now) {
   return id;
 }
 
-class EstServiceTest : public ::testing::Test {
+class EstServiceTest : public TestCompanion {
  protected:
   void SetUp() override {
-    ASSERT_FALSE(dir_.path().empty()) << "mkdtemp failed";
-    InitOptions o;
-    o.state_dir = dir_.path() + "/state";
-    auto config_path = InitCompanion(o, fs_, clock_, init_log_);
-    ASSERT_TRUE(config_path) << config_path.error().ToString();
-    auto cfg = LoadCompanionConfig(*config_path, fs_);
-    ASSERT_TRUE(cfg) << cfg.error().ToString();
-    auto state = LoadCompanionState(*cfg, fs_, LoadOptions{});
-    ASSERT_TRUE(state) << state.error().ToString();
-    state_ = std::make_unique<CompanionState>(std::move(*state));
+    ASSERT_NO_FATAL_FAILURE(InitState());
   }
 
   void TearDown() override {
@@ -284,37 +254,18 @@ class EstServiceTest : public ::testing::Test {
     return r;
   }
 
-  // Verifies `cert` against the companion's root only, with the issuing CA as the
-  // intermediate a client would have from cacerts.
-  Status VerifyToRoot(X509* cert, sh::WallTime at) {
-    auto ts = sh::TrustStore::FromCerts({state_->root.get()});
-    if (!ts) return ts.error();
-    sh::X509StackPtr chain(sk_X509_new_null());
-    X509_up_ref(state_->issuer->cert());
-    sk_X509_push(chain.get(), state_->issuer->cert());
-    return ts->Verify(cert, chain.get(), at);
-  }
-
   // Installs `ca` as the bootstrap (claim) trust, as a PEM file would.
   void TrustForClaims(X509* ca) {
-    std::string path = dir_.path() + "/claim-cas.pem";
-    ASSERT_TRUE(fs_.WriteFileAtomic(path, sh::CertToPem(ca), 0644).ok());
-    auto pem = fs_.ReadFile(path, 1 << 20);
+    ASSERT_NO_FATAL_FAILURE(WriteClaimTrust(sh::CertToPem(ca)));
+    auto pem = fs_.ReadFile(ClaimTrustPath(), 1 << 20);
     ASSERT_TRUE(pem);
     auto loaded = sh::CertFromPem(*pem);
     ASSERT_TRUE(loaded) << loaded.error().ToString();
     auto ts = sh::TrustStore::FromCerts({loaded->get()});
     ASSERT_TRUE(ts) << ts.error().ToString();
-    state_->config.est.bootstrap_trust_file = path;
     state_->bootstrap_trust = std::move(*ts);
   }
 
-  TempDir dir_;
-  sh::PosixFilesystem fs_;
-  sh::FakeClock clock_{kStart};
-  sh::CaptureLogger init_log_;
-  sh::CaptureLogger log_;
-  std::unique_ptr<CompanionState> state_;
   std::unique_ptr<EstService> service_;
   std::vector<std::string> tokens_;
 };

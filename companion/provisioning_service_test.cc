@@ -22,6 +22,7 @@
 #include "companion/init.h"
 #include "companion/provisioning_template.h"
 #include "companion/registry.h"
+#include "companion/testing/test_companion.h"
 #include "shared/core/base64.h"
 #include "shared/core/clock.h"
 #include "shared/core/filesystem.h"
@@ -39,13 +40,10 @@ namespace {
 namespace sh = shared;
 using nlohmann::json;
 using sh::KeyType;
-using sh::TempDir;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 using Params = std::map<std::string, std::string>;
 
-// The fake clock starts at 2026-01-01T00:00:00Z; every certificate here is made relative to it.
-const sh::WallTime kStart = sh::FromUnixSeconds(1767225600);
 constexpr char kTemplate[] = "gateways";
 constexpr char kClaim[] = "claim-batch-7";
 constexpr char kClient[] = "dev-0001";
@@ -124,19 +122,10 @@ sh::MqttMessage Message(const std::string& topic, const std::string& payload) {
   return m;
 }
 
-class ProvisioningServiceTest : public ::testing::Test {
+class ProvisioningServiceTest : public TestCompanion {
  protected:
   void SetUp() override {
-    ASSERT_FALSE(dir_.path().empty()) << "mkdtemp failed";
-    InitOptions o;
-    o.state_dir = dir_.path() + "/state";
-    auto config_path = InitCompanion(o, fs_, clock_, init_log_);
-    ASSERT_TRUE(config_path) << config_path.error().ToString();
-    auto cfg = LoadCompanionConfig(*config_path, fs_);
-    ASSERT_TRUE(cfg) << cfg.error().ToString();
-    auto state = LoadCompanionState(*cfg, fs_, LoadOptions{});
-    ASSERT_TRUE(state) << state.error().ToString();
-    state_ = std::make_unique<CompanionState>(std::move(*state));
+    ASSERT_NO_FATAL_FAILURE(InitState());
     template_json_ = json::parse(kTemplateJson);
     options_.templates[kTemplate] = MustParseTemplate(kTemplate, template_json_);
   }
@@ -266,15 +255,6 @@ class ProvisioningServiceTest : public ::testing::Test {
     return n;
   }
 
-  Status VerifyToRoot(X509* cert, sh::WallTime at) {
-    auto ts = sh::TrustStore::FromCerts({state_->root.get()});
-    if (!ts) return ts.error();
-    sh::X509StackPtr chain(sk_X509_new_null());
-    X509_up_ref(state_->issuer->cert());
-    sk_X509_push(chain.get(), state_->issuer->cert());
-    return ts->Verify(cert, chain.get(), at);
-  }
-
   // Provisions "gw-<serial>" with a new key; returns the certificate id.
   std::string Provision(const std::string& serial, const std::string& client = kClient) {
     auto key = NewKey();
@@ -299,13 +279,7 @@ class ProvisioningServiceTest : public ::testing::Test {
     options_.pre_provision_hook = *spec;
   }
 
-  TempDir dir_;
-  sh::PosixFilesystem fs_;
-  sh::FakeClock clock_{kStart};
-  sh::CaptureLogger init_log_;
-  sh::CaptureLogger log_;
   HookRunner hooks_{log_, clock_};
-  std::unique_ptr<CompanionState> state_;
   json template_json_;
   ProvisioningOptions options_;
   std::unique_ptr<ProvisioningService> service_;
