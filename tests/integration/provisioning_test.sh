@@ -138,6 +138,14 @@ mosquitto_pub --cafile root.pem --cert state/tls/mqtt-client.pem -h 127.0.0.1 -p
   --key state/keys/mqtt-client.key.pem -t certfleet/things/gw-SN-0002/cmd -m secret -q 1 || true
 wait $OTHER || true
 check "a thing cannot read another thing's topics" bash -c "! grep -q secret other.out"
+# shellcheck disable=SC2086
+mosquitto_sub $THING -i gw-SN-0001 -t certfleet/things/gw-SN-0001/# -C 1 -W 3 >forged.out 2>&1 &
+FORGED=$!
+sleep 0.5
+# shellcheck disable=SC2086
+mosquitto_pub $CLAIM -V 311 -i dev-6 -t certfleet/things/gw-SN-0001/cmd -m forged -q 1 || true
+wait $FORGED || true
+check "a claim identity cannot publish to a thing's topics" bash -c "! grep -q forged forged.out"
 
 # certfleet-agent provision: the whole flow from the gateway's side, with the claim key in
 # the hal key store, against the real companion and broker.
