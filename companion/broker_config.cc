@@ -4,7 +4,6 @@
 
 #include "shared/core/config.h"
 #include "shared/x509/cert.h"
-#include "shared/x509/csr.h"
 #include "shared/x509/openssl_error.h"
 
 namespace certfleet::companion {
@@ -15,34 +14,6 @@ namespace sh = shared;
 namespace {
 
 constexpr auto kIdentityValidity = std::chrono::hours(24 * 365);
-
-Result<sh::GeneralNamesPtr> SansFor(EVP_PKEY* key, const std::vector<std::string>& hostnames) {
-  sh::CsrRequest names;
-  for (const auto& h : hostnames) {
-    if (h.find_first_not_of("0123456789.") == std::string::npos || h.find(':') != std::string::npos) {
-      names.ip_addresses.push_back(h);
-    } else {
-      names.dns_names.push_back(h);
-    }
-  }
-  CF_ASSIGN_OR_RETURN(sh::X509ReqPtr csr, sh::BuildCsr(key, names));
-  return sh::CsrSans(csr.get());
-}
-
-// Issues a certificate for `key` with CN `cn`.
-Result<sh::X509Ptr> IssueFor(Issuer& issuer, EVP_PKEY* key, const std::string& cn, Usage usage,
-                             const std::vector<std::string>& hostnames, sh::WallTime now) {
-  CertTemplate tmpl;
-  CF_ASSIGN_OR_RETURN(tmpl.subject, NameFromCommonName(cn));
-  if (!hostnames.empty()) {
-    CF_ASSIGN_OR_RETURN(tmpl.sans, SansFor(key, hostnames));
-  }
-  tmpl.public_key = key;
-  tmpl.validity = kIdentityValidity;
-  tmpl.backdate = std::chrono::minutes(5);
-  tmpl.usage = usage;
-  return issuer.Issue(tmpl, now);
-}
 
 std::string ListenerBlock(const std::string& what, const std::string& address, int port, const std::string& dir,
                           const std::string& cafile, bool with_crl, const std::string& acl) {
@@ -111,14 +82,14 @@ Status WriteBrokerConfig(const BrokerConfigOptions& o, CompanionState& state, sh
 
   // The broker's server identity: a software key file, since mosquitto reads its key from disk.
   CF_ASSIGN_OR_RETURN(sh::EvpPkeyPtr broker_key, sh::GenerateKeyPair(sh::KeyType::kEcP256));
-  CF_ASSIGN_OR_RETURN(sh::X509Ptr broker_cert, IssueFor(*state.issuer, broker_key.get(), o.hostnames.front(),
-                                                        Usage::kServerAuth, o.hostnames, now));
+  CF_ASSIGN_OR_RETURN(sh::X509Ptr broker_cert, IssueServiceCert(*state.issuer, broker_key.get(), o.hostnames.front(),
+                                                                Usage::kServerAuth, o.hostnames, kIdentityValidity, now));
   CF_ASSIGN_OR_RETURN(std::string broker_key_pem, sh::PrivateKeyToPem(broker_key.get()));
   Status st = fs.WriteFileAtomic(sh::JoinPath(o.out_dir, "broker.key"), broker_key_pem, 0600);
   OPENSSL_cleanse(broker_key_pem.data(), broker_key_pem.size());
   CF_RETURN_IF_ERROR(st);
   CF_RETURN_IF_ERROR(fs.WriteFileAtomic(sh::JoinPath(o.out_dir, "broker.pem"),
-                                        sh::CertToPem(broker_cert.get()) + sh::CertToPem(state.issuer->cert()), 0644));
+                                        sh::CertToPem(broker_cert.get()) + state.issuer->IntermediatesPem(), 0644));
 
   // Trust for each listener, and the CRL.
   std::string things_ca;
@@ -147,11 +118,11 @@ Status WriteBrokerConfig(const BrokerConfigOptions& o, CompanionState& state, sh
   auto key = state.keys->Load(mqtt.client_key_slot);
   if (!key && key.error().code() == Code::kNotFound) key = state.keys->Generate(mqtt.client_key_slot, sh::KeyType::kEcP256);
   if (!key) return key.error().WithContext("companion MQTT key");
-  CF_ASSIGN_OR_RETURN(sh::X509Ptr client_cert, IssueFor(*state.issuer, (*key)->pkey(), mqtt.client_id,
-                                                        Usage::kClientAuth, {}, now));
+  CF_ASSIGN_OR_RETURN(sh::X509Ptr client_cert, IssueServiceCert(*state.issuer, (*key)->pkey(), mqtt.client_id,
+                                                                Usage::kClientAuth, {}, kIdentityValidity, now));
   CF_RETURN_IF_ERROR(fs.MakeDirs(sh::DirName(mqtt.client_cert_file), 0755));
   CF_RETURN_IF_ERROR(fs.WriteFileAtomic(mqtt.client_cert_file,
-                                        sh::CertToPem(client_cert.get()) + sh::CertToPem(state.issuer->cert()), 0644));
+                                        sh::CertToPem(client_cert.get()) + state.issuer->IntermediatesPem(), 0644));
   log.Info("wrote broker configuration", {{"dir", o.out_dir},
                                           {"things_port", std::to_string(o.things_port)},
                                           {"claim_port", std::to_string(o.claim_port)}});

@@ -2,6 +2,8 @@
 
 #include <openssl/rand.h>
 
+#include "shared/x509/cert.h"
+#include "shared/x509/csr.h"
 #include "shared/x509/openssl_error.h"
 
 namespace certfleet::companion {
@@ -198,6 +200,36 @@ Result<sh::X509CrlPtr> Issuer::MakeCrl(const std::vector<Revoked>& revoked, sh::
     return sh::Error(sh::OpenSslStatus(Code::kInternal, "signing CRL"));
   }
   return crl;
+}
+
+std::string Issuer::IntermediatesPem() const {
+  std::string out;
+  for (X509* ca : Chain()) {
+    if (X509_check_issued(ca, ca) != X509_V_OK) out += sh::CertToPem(ca);
+  }
+  return out;
+}
+
+Result<X509Ptr> IssueServiceCert(Issuer& issuer, EVP_PKEY* key, const std::string& common_name, Usage usage,
+                                 const std::vector<std::string>& hostnames, std::chrono::seconds validity,
+                                 sh::WallTime now) {
+  CertTemplate tmpl;
+  CF_ASSIGN_OR_RETURN(tmpl.subject, NameFromCommonName(common_name));
+  if (!hostnames.empty()) {
+    sh::CsrRequest names;
+    for (const auto& h : hostnames) {
+      bool address = h.find_first_not_of("0123456789.") == std::string::npos || h.find(':') != std::string::npos;
+      (address ? names.ip_addresses : names.dns_names).push_back(h);
+    }
+    // The CSR builder already turns names into a GENERAL_NAMES list.
+    CF_ASSIGN_OR_RETURN(sh::X509ReqPtr csr, sh::BuildCsr(key, names));
+    tmpl.sans = sh::CsrSans(csr.get());
+  }
+  tmpl.public_key = key;
+  tmpl.validity = validity;
+  tmpl.backdate = std::chrono::minutes(5);
+  tmpl.usage = usage;
+  return issuer.Issue(tmpl, now);
 }
 
 std::vector<X509*> Issuer::Chain() const {

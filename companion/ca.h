@@ -46,6 +46,15 @@ Status CheckKeyPolicy(EVP_PKEY* key, const std::vector<shared::KeyType>& allowed
 // An X509_NAME holding only CN=`common_name`.
 Result<shared::X509NamePtr> NameFromCommonName(const std::string& common_name);
 
+class Issuer;
+
+// A certificate for one of the companion's own services (EST server, broker, its MQTT
+// client): CN `common_name`, SANs from `hostnames` (addresses become IP SANs, the rest
+// DNS), back-dated 5 minutes.
+Result<shared::X509Ptr> IssueServiceCert(Issuer& issuer, EVP_PKEY* key, const std::string& common_name, Usage usage,
+                                         const std::vector<std::string>& hostnames, std::chrono::seconds validity,
+                                         shared::WallTime now);
+
 class Issuer {
  public:
   Issuer(shared::X509Ptr issuing_cert, std::unique_ptr<hal::KeyHandle> issuing_key,
@@ -67,6 +76,9 @@ class Issuer {
   X509* cert() const { return cert_.get(); }
   // The issuing CA and the CAs above it (up to the root), for cacerts and TLS chains.
   std::vector<X509*> Chain() const;
+  // PEM of the chain without the self-signed root: what follows a leaf certificate
+  // so that a peer holding only the root can verify it.
+  std::string IntermediatesPem() const;
 
  private:
   std::mutex mu_;

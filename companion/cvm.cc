@@ -100,10 +100,7 @@ EstResponse EstService::Cvm(const EstRequest& req) {
   EstResponse refused;
   sh::X509Ptr cert = IssueAndRecordCert(req, who, tmpl, std::move(rec), now, refused);
   if (!cert) return AsJsonError(std::move(refused));
-  std::string chain = sh::CertToPem(cert.get());
-  for (X509* ca : state_.issuer->Chain()) {
-    if (X509_check_issued(ca, ca) != X509_V_OK) chain += sh::CertToPem(ca);
-  }
+  std::string chain = sh::CertToPem(cert.get()) + state_.issuer->IntermediatesPem();
   return Json(200, {{"thingName", *serial}, {"certificateId", sh::CertFingerprint(cert.get())}, {"certificatePem", chain}});
 }
 

@@ -1,7 +1,6 @@
 #include "companion/init.h"
 
 #include "shared/core/config.h"
-#include "shared/x509/csr.h"
 #include "shared/x509/openssl_error.h"
 
 namespace certfleet::companion {
@@ -82,26 +81,10 @@ Status GenerateCa(const InitOptions& o, const CompanionConfig& cfg, hal::KeyStor
 Status MakeTlsCert(const InitOptions& o, const CompanionConfig& cfg, hal::KeyStore& keys, Issuer& issuer,
                    sh::Filesystem& fs, const sh::Clock& clock, sh::Logger& log) {
   CF_ASSIGN_OR_RETURN(auto key, LoadOrGenerate(keys, cfg.est.tls_key_slot, sh::KeyType::kEcP256));
-  sh::CsrRequest names;
-  for (const auto& h : o.hostnames) {
-    if (h.find_first_not_of("0123456789.") == std::string::npos || h.find(':') != std::string::npos) {
-      names.ip_addresses.push_back(h);
-    } else {
-      names.dns_names.push_back(h);
-    }
-  }
-  // Reuse the CSR builder to turn names into a GENERAL_NAMES list.
-  CF_ASSIGN_OR_RETURN(sh::X509ReqPtr csr, sh::BuildCsr(key->pkey(), names));
-  CertTemplate tmpl;
-  CF_ASSIGN_OR_RETURN(tmpl.subject, NameFromCommonName(o.hostnames.empty() ? "certfleet-companion" : o.hostnames.front()));
-  tmpl.sans = sh::CsrSans(csr.get());
-  tmpl.public_key = key->pkey();
-  tmpl.validity = kTlsValidity;
-  tmpl.backdate = std::chrono::minutes(5);
-  tmpl.usage = Usage::kServerAuth;
-  CF_ASSIGN_OR_RETURN(X509Ptr cert, issuer.Issue(tmpl, clock.Now()));
-  std::string chain = sh::CertToPem(cert.get()) + sh::CertToPem(issuer.cert());
-  CF_RETURN_IF_ERROR(fs.WriteFileAtomic(cfg.est.tls_cert_file, chain, 0644));
+  CF_ASSIGN_OR_RETURN(X509Ptr cert,
+                      IssueServiceCert(issuer, key->pkey(), o.hostnames.empty() ? "certfleet-companion" : o.hostnames.front(),
+                                       Usage::kServerAuth, o.hostnames, kTlsValidity, clock.Now()));
+  CF_RETURN_IF_ERROR(fs.WriteFileAtomic(cfg.est.tls_cert_file, sh::CertToPem(cert.get()) + issuer.IntermediatesPem(), 0644));
   log.Info("created EST server certificate", {{"fingerprint", sh::CertFingerprint(cert.get())}});
   return Status::Ok();
 }

@@ -92,11 +92,7 @@ Result<ProvisioningService::Pending> ProvisioningService::IssuePending(const sh:
                                            {"common_name", cn}});
   // The reply carries the certificate followed by the intermediate CA(s), so that a
   // device holding only the root as trust anchor can verify it; the root is left out.
-  std::string chain = p.pem;
-  for (X509* ca : state_.issuer->Chain()) {
-    if (X509_check_issued(ca, ca) != X509_V_OK) chain += sh::CertToPem(ca);
-  }
-  return Pending{std::move(chain), p.id, std::move(token)};
+  return Pending{p.pem + state_.issuer->IntermediatesPem(), p.id, std::move(token)};
 }
 
 Result<std::string> ProvisioningService::CreateFromCsr(const sh::ProvisioningTopic& topic, std::string_view payload,
