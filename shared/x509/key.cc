@@ -101,4 +101,37 @@ bool SamePublicKey(EVP_PKEY* a, EVP_PKEY* b) {
   return EVP_PKEY_eq(a, b) == 1;
 }
 
+Result<std::string> SignSha256(EVP_PKEY* key, std::string_view data) {
+  if (key == nullptr) return Error(Code::kInvalidArgument, "no key to sign with");
+  EvpMdCtxPtr ctx(EVP_MD_CTX_new());
+  size_t length = 0;
+  if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, EVP_sha256(), nullptr, key) != 1 ||
+      EVP_DigestSign(ctx.get(), nullptr, &length, reinterpret_cast<const unsigned char*>(data.data()), data.size()) !=
+          1) {
+    return Error(OpenSslStatus(Code::kInternal, "signing failed"));
+  }
+  std::string signature(length, '\0');
+  if (EVP_DigestSign(ctx.get(), reinterpret_cast<unsigned char*>(signature.data()), &length,
+                     reinterpret_cast<const unsigned char*>(data.data()), data.size()) != 1) {
+    return Error(OpenSslStatus(Code::kInternal, "signing failed"));
+  }
+  signature.resize(length);
+  return signature;
+}
+
+Status VerifySha256(EVP_PKEY* key, std::string_view data, std::string_view signature) {
+  if (key == nullptr) return Status(Code::kInvalidArgument, "no key to verify with");
+  EvpMdCtxPtr ctx(EVP_MD_CTX_new());
+  if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, EVP_sha256(), nullptr, key) != 1) {
+    return OpenSslStatus(Code::kInternal, "verification setup failed");
+  }
+  int rc = EVP_DigestVerify(ctx.get(), reinterpret_cast<const unsigned char*>(signature.data()), signature.size(),
+                            reinterpret_cast<const unsigned char*>(data.data()), data.size());
+  if (rc != 1) {
+    DrainOpenSslErrors();
+    return Status(Code::kUnauthenticated, "signature does not verify");
+  }
+  return Status::Ok();
+}
+
 }  // namespace certfleet::shared

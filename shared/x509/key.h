@@ -36,4 +36,11 @@ Result<std::string> PublicKeyDer(EVP_PKEY* key);
 // True when the two keys have the same public part.
 bool SamePublicKey(EVP_PKEY* a, EVP_PKEY* b);
 
+// A SHA-256 signature of `data` (ECDSA: DER-encoded; RSA: PKCS#1 v1.5), made with any
+// EVP_PKEY, hardware-backed ones included. kInternal on failure (OpenSSL's reason appended).
+Result<std::string> SignSha256(EVP_PKEY* key, std::string_view data);
+// Checks such a signature with the public part of `key`. kUnauthenticated if it does not
+// verify (a malformed signature included).
+Status VerifySha256(EVP_PKEY* key, std::string_view data, std::string_view signature);
+
 }  // namespace certfleet::shared
