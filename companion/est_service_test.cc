@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "companion/ca.h"
+#include "companion/cvm_request.h"
 #include "companion/config.h"
 #include "companion/init.h"
 #include "companion/registry.h"
@@ -1149,6 +1150,34 @@ TEST_F(EstServiceTest, ReenrollChecksTheCsrToo) {
   auto rec = Record(a.get());
   ASSERT_TRUE(rec);
   EXPECT_FALSE(rec->superseded_by);
+}
+
+// ---- the CVM request body ----
+
+TEST(CvmRequestTest, ParsesTheThreeStrings) {
+  auto r = ParseCvmRequest(R"({"serialNumber": "gw-1", "registrationToken": "t", "certificateSigningRequest": "pem",
+                               "extra": [1, 2]})");
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->serial_number, "gw-1");
+  EXPECT_EQ(r->registration_token, "t");
+  EXPECT_EQ(r->csr_pem, "pem");
+}
+
+TEST(CvmRequestTest, MalformedBodiesAreInvalidArgument) {
+  const std::string deep(100000, '[');
+  for (const std::string& body : std::vector<std::string>{
+           "", "null", "[]", "\"s\"", "{", "{}", "{\"serialNumber\": \"a\"}",
+           R"({"serialNumber": 1, "registrationToken": "t", "certificateSigningRequest": "p"})",
+           R"({"serialNumber": "a", "registrationToken": null, "certificateSigningRequest": "p"})",
+           R"({"serialNumber": "a", "registrationToken": "t", "certificateSigningRequest": ["p"]})",
+           R"({"serialNumber": "a", "registrationToken": "t", "certificateSigningRequest": "p"} trailing)",
+           std::string("{\"serialNumber\": \"a\0\"}", 20), "\xff\xfe{}", deep,
+           "{\"serialNumber\": " + deep + "}"}) {
+    SCOPED_TRACE(body.substr(0, 60));
+    auto r = ParseCvmRequest(body);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code(), sh::Code::kInvalidArgument);
+  }
 }
 
 // ---- tokens ----
