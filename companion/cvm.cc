@@ -7,7 +7,8 @@
 //
 // The registration token is a one-time enrollment token from `certfleetctl token create`
 // for that serial: checked and consumed in the transaction that records the certificate.
-// A replayed or foreign token is refused and recorded as a security event.
+// A replayed or foreign token is refused and recorded as a security event. The pre-enroll
+// hook (method "cvm") runs after these checks and before issuance; a deny is a 403.
 #include <openssl/crypto.h>
 
 #include <nlohmann/json.hpp>
@@ -85,6 +86,11 @@ EstResponse EstService::Cvm(const EstRequest& req) {
   tmpl.public_key = pub;
   tmpl.validity = state_.config.profile.validity;
   tmpl.backdate = state_.config.profile.backdate;
+  // The pre-enroll hook runs before issuance: a deny leaves the token unused.
+  if (auto denied = RunPreHook(req, hooks_.specs.pre_enroll, who,
+                               EnrollInput(req, kHookEventPreEnroll, kEnrollMethodCvm, serial, csr->get(), pub, ""))) {
+    return AsJsonError(std::move(*denied));
+  }
   IssueRecord rec;
   rec.cert.thing_name = serial;
   rec.cert.source = "cvm";
@@ -92,6 +98,7 @@ EstResponse EstService::Cvm(const EstRequest& req) {
   EstResponse refused;
   sh::X509Ptr cert = IssueAndRecordCert(req, who, tmpl, std::move(rec), now, refused);
   if (!cert) return AsJsonError(std::move(refused));
+  QueuePostHook(hooks_.specs.post_enroll, kHookEventPostEnroll, kEnrollMethodCvm, cert.get(), serial, "");
   std::string chain = sh::CertToPem(cert.get()) + state_.issuer->IntermediatesPem();
   return Json(200, {{"thingName", serial}, {"certificateId", sh::CertFingerprint(cert.get())}, {"certificatePem", chain}});
 }
