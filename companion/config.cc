@@ -32,6 +32,36 @@ Status CheckClientId(const std::string& s) {
   return Status::Ok();
 }
 
+// The keys of one [hooks.<name>] table. Any key creates the table's HookConfig.
+void AddHookTable(ConfigSchema<C>& s, const HookTable& t) {
+  using namespace std::chrono;
+  auto member = t.member;
+  auto hook = [member](C& c) -> HookConfig& {
+    auto& slot = c.hooks.*member;
+    if (!slot) slot.emplace();
+    return *slot;
+  };
+  const std::string prefix = "hooks." + std::string(t.table) + ".";
+  s.Add(prefix + "command", sh::StringListValue<C>([hook](C& c) -> auto& { return hook(c).command; }));
+  s.Add(prefix + "url", sh::StringValue<C>([hook](C& c) -> auto& { return hook(c).url; }));
+  s.Add(prefix + "secret_file", sh::StringValue<C>([hook](C& c) -> auto& { return hook(c).secret_file; }, sh::CheckAbsolutePath));
+  s.Add(prefix + "trust_anchor_file",
+        sh::StringValue<C>([hook](C& c) -> auto& { return hook(c).trust_anchor_file; }, sh::CheckAbsolutePath));
+  s.Add(prefix + "allow_insecure_loopback", sh::BoolValue<C>([hook](C& c) -> auto& { return hook(c).allow_insecure_loopback; }));
+  s.Add(prefix + "timeout", [hook](const sh::ConfigValue& v, C& c) -> Status {
+    auto text = v.AsString();
+    if (!text) return text.error();
+    auto d = sh::ParseDuration(*text);
+    if (!d) return d.error();
+    if (*d < seconds(1) || *d > minutes(10)) {
+      return Status(Code::kInvalidArgument, "hook timeout " + *text + " out of range [1s, 10m]");
+    }
+    hook(c).timeout = duration_cast<milliseconds>(*d);
+    return Status::Ok();
+  });
+  s.Add(prefix + "max_output_bytes", sh::IntValue<C>([hook](C& c) -> auto& { return hook(c).max_output_bytes; }, 2, 16 << 20));
+}
+
 const ConfigSchema<C>& Schema() {
   static const ConfigSchema<C> schema = [] {
     using namespace std::chrono;
@@ -68,15 +98,13 @@ const ConfigSchema<C>& Schema() {
     s.Add("mqtt.client_key_slot", sh::StringValue<C>([](C& c) -> auto& { return c.mqtt.client_key_slot; }, hal::ValidateSlotName));
     s.Add("mqtt.share_group", sh::StringValue<C>([](C& c) -> auto& { return c.mqtt.share_group; }, CheckClientId));
     s.Add("provisioning.template_dir", sh::StringValue<C>([](C& c) -> auto& { return c.provisioning.template_dir; }, sh::CheckAbsolutePath));
-    s.Add("provisioning.pre_provision_hook", sh::StringListValue<C>([](C& c) -> auto& { return c.provisioning.pre_provision_hook; }));
-    s.Add("provisioning.post_provision_hook", sh::StringListValue<C>([](C& c) -> auto& { return c.provisioning.post_provision_hook; }));
-    s.Add("provisioning.hook_timeout", sh::DurationValue<C>([](C& c) -> auto& { return c.provisioning.hook_timeout; }, seconds(1), minutes(10)));
     s.Add("provisioning.allow_create_keys", sh::BoolValue<C>([](C& c) -> auto& { return c.provisioning.allow_create_keys; }));
     s.Add("provisioning.ownership_token_ttl", sh::DurationValue<C>([](C& c) -> auto& { return c.provisioning.ownership_token_ttl; }, minutes(1), hours(24)));
     s.Add("provisioning.dialect", sh::StringValue<C>([](C& c) -> auto& { return c.provisioning.dialect; }, [](const std::string& v) {
             return v == "certfleet" || v == "aws" ? Status::Ok() : Status(Code::kInvalidArgument, "dialect must be certfleet or aws");
           }));
     s.Add("provisioning.workers", sh::IntValue<C>([](C& c) -> auto& { return c.provisioning.workers; }, 1, 64));
+    for (const HookTable& t : kHookTables) AddHookTable(s, t);
     s.Add("keystore.backend", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.backend; }));
     s.Add("keystore.dir", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.dir; }, sh::CheckAbsolutePath));
     s.Add("registry.path", sh::StringValue<C>([](C& c) -> auto& { return c.registry_path; }, sh::CheckAbsolutePath));
@@ -100,6 +128,12 @@ sh::Result<CompanionConfig> ParseCompanionConfig(std::string_view text, const st
   derive(c.registry_path, "registry.sqlite3");
   derive(c.mqtt.client_cert_file, "tls/mqtt-client.pem");
   derive(c.provisioning.template_dir, "templates");
+  for (const HookTable& t : kHookTables) {
+    const auto& hook = c.hooks.*t.member;
+    if (!hook) continue;
+    Status st = CheckHookConfig(*hook);
+    if (!st.ok()) return sh::Error(st.WithContext(source + ": [hooks." + std::string(t.table) + "]"));
+  }
   if (c.profile.key_types.empty()) return sh::Error(Code::kInvalidArgument, source + ": profile.key_types is empty");
   if (c.tokens.default_ttl > c.tokens.max_ttl) {
     return sh::Error(Code::kInvalidArgument, source + ": tokens.default_ttl exceeds tokens.max_ttl");

@@ -3,9 +3,11 @@
 #pragma once
 
 #include <chrono>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "companion/hooks.h"
 #include "hal/keystore.h"
 #include "shared/core/filesystem.h"
 #include "shared/core/status.h"
@@ -55,13 +57,37 @@ struct MqttConfig {
 
 struct ProvisioningConfig {
   std::string template_dir;                        // default STATE/templates: NAME.json files
-  std::vector<std::string> pre_provision_hook;     // exec: absolute path, then arguments; empty = allow
-  std::vector<std::string> post_provision_hook;
-  std::chrono::seconds hook_timeout{5};
   bool allow_create_keys = false;                  // CreateKeysAndCertificate (server-generated keys)
   std::chrono::seconds ownership_token_ttl = std::chrono::hours(1);
   std::string dialect = "certfleet";               // "certfleet" | "aws"
   int workers = 2;
+};
+
+// [hooks.<event>] tables, one per flow step; an absent table means no hook (pre-hooks
+// then allow). Each is a HookConfig (command or url, timeout, ...), checked with
+// CheckHookConfig at parse; the files they name are checked at startup (BuildHookSet).
+struct HooksConfig {
+  std::optional<HookConfig> pre_provision;
+  std::optional<HookConfig> post_provision;
+  std::optional<HookConfig> pre_enroll;
+  std::optional<HookConfig> post_enroll;
+  std::optional<HookConfig> pre_reenroll;
+  std::optional<HookConfig> post_reenroll;
+};
+
+// The [hooks.*] table names and the members they fill, in documentation order.
+struct HookTable {
+  std::string_view table;  // "pre_enroll" for [hooks.pre_enroll]
+  std::string_view event;  // kHookEventPreEnroll
+  std::optional<HookConfig> HooksConfig::*member;
+};
+inline constexpr HookTable kHookTables[] = {
+    {"pre_provision", kHookEventPreProvision, &HooksConfig::pre_provision},
+    {"post_provision", kHookEventPostProvision, &HooksConfig::post_provision},
+    {"pre_enroll", kHookEventPreEnroll, &HooksConfig::pre_enroll},
+    {"post_enroll", kHookEventPostEnroll, &HooksConfig::post_enroll},
+    {"pre_reenroll", kHookEventPreReenroll, &HooksConfig::pre_reenroll},
+    {"post_reenroll", kHookEventPostReenroll, &HooksConfig::post_reenroll},
 };
 
 struct CompanionConfig {
@@ -72,6 +98,7 @@ struct CompanionConfig {
   TokenConfig tokens;
   MqttConfig mqtt;
   ProvisioningConfig provisioning;
+  HooksConfig hooks;
   hal::KeyStoreConfig keystore;
   std::string registry_path;
   std::string log_level = "info";

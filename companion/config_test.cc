@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "companion/config.h"
+#include "companion/hook_set.h"
 #include "shared/core/filesystem.h"
 
 namespace certfleet::companion {
@@ -260,6 +261,101 @@ TEST(CompanionConfigTest, LoadReadsThroughTheFilesystem) {
   auto missing = LoadCompanionConfig("/etc/certfleet/missing.toml", fs);
   ASSERT_FALSE(missing);
   EXPECT_EQ(missing.error().code(), Code::kNotFound) << missing.error().ToString();
+}
+
+// ---- [hooks.*] ----
+
+TEST(CompanionConfigTest, NoHooksByDefault) {
+  auto cfg = Parse(DefaultCompanionConfigText("/var/lib/cf", "127.0.0.1:8443"));
+  ASSERT_TRUE(cfg) << cfg.error().ToString();
+  for (const HookTable& t : kHookTables) EXPECT_FALSE(cfg->hooks.*t.member) << t.table;
+}
+
+TEST(CompanionConfigTest, EveryHookTableIsReadWithItsKeys) {
+  std::string text = WithStateDir("");
+  for (const HookTable& t : kHookTables) {
+    text += "[hooks." + std::string(t.table) + "]\ncommand = [\"/usr/lib/certfleet/hooks/" + std::string(t.table) +
+            "\", \"--flag\", \"a b\"]\n";
+  }
+  auto cfg = Parse(text);
+  ASSERT_TRUE(cfg) << cfg.error().ToString();
+  for (const HookTable& t : kHookTables) {
+    const auto& hook = cfg->hooks.*t.member;
+    ASSERT_TRUE(hook) << t.table;
+    EXPECT_EQ(hook->command, (std::vector<std::string>{"/usr/lib/certfleet/hooks/" + std::string(t.table), "--flag", "a b"}));
+    EXPECT_EQ(hook->timeout, std::chrono::milliseconds(5000)) << "default 5 s";
+    EXPECT_EQ(hook->max_output_bytes, 64 * 1024);
+    EXPECT_TRUE(hook->url.empty());
+  }
+}
+
+TEST(CompanionConfigTest, WebhookTableWithEveryKey) {
+  auto cfg = Parse(WithStateDir(
+      "[hooks.pre_enroll]\nurl = \"https://policy.example/enroll\"\nsecret_file = \"/etc/certfleet/hook.secret\"\n"
+      "trust_anchor_file = \"/etc/certfleet/policy-ca.pem\"\ntimeout = \"2m\"\nmax_output_bytes = 2\n"
+      "[hooks.post_reenroll]\nurl = \"http://127.0.0.1:9000/x\"\nsecret_file = \"/s/k\"\nallow_insecure_loopback = true\n"
+      "timeout = \"1s\"\n"));
+  ASSERT_TRUE(cfg) << cfg.error().ToString();
+  ASSERT_TRUE(cfg->hooks.pre_enroll);
+  EXPECT_EQ(cfg->hooks.pre_enroll->url, "https://policy.example/enroll");
+  EXPECT_EQ(cfg->hooks.pre_enroll->secret_file, "/etc/certfleet/hook.secret");
+  EXPECT_EQ(cfg->hooks.pre_enroll->trust_anchor_file, "/etc/certfleet/policy-ca.pem");
+  EXPECT_EQ(cfg->hooks.pre_enroll->timeout, std::chrono::milliseconds(120000));
+  EXPECT_EQ(cfg->hooks.pre_enroll->max_output_bytes, 2);
+  EXPECT_FALSE(cfg->hooks.pre_enroll->allow_insecure_loopback);
+  ASSERT_TRUE(cfg->hooks.post_reenroll);
+  EXPECT_TRUE(cfg->hooks.post_reenroll->allow_insecure_loopback);
+  EXPECT_EQ(cfg->hooks.post_reenroll->timeout, std::chrono::milliseconds(1000));
+  EXPECT_FALSE(cfg->hooks.post_enroll);
+}
+
+TEST(CompanionConfigTest, BadHookTablesAreRefusedNamingTheTable) {
+  ExpectError(WithStateDir("[hooks.pre_enroll]\ncommand = [\"/bin/true\"]\nurl = \"https://x.example/\"\n"
+                           "secret_file = \"/s\"\n"),
+              {kSource, "[hooks.pre_enroll]", "not both"});
+  ExpectError(WithStateDir("[hooks.post_enroll]\ntimeout = \"3s\"\n"), {"[hooks.post_enroll]", "command or url"});
+  ExpectError(WithStateDir("[hooks.pre_reenroll]\ncommand = []\n"), {"[hooks.pre_reenroll]", "command or url"});
+  ExpectError(WithStateDir("[hooks.pre_provision]\ncommand = [\"hooks/allow\"]\n"),
+              {"[hooks.pre_provision]", "absolute path", "hooks/allow"});
+  ExpectError(WithStateDir("[hooks.post_reenroll]\nurl = \"https://x.example/\"\n"),
+              {"[hooks.post_reenroll]", "secret_file"});
+  ExpectError(WithStateDir("[hooks.post_provision]\nurl = \"http://x.example/\"\nsecret_file = \"/s\"\n"),
+              {"[hooks.post_provision]"});
+  ExpectError(WithStateDir("[hooks.pre_enroll]\ncommand = [\"/bin/true\"]\nsecret_file = \"/s\"\n"),
+              {"[hooks.pre_enroll]", "webhooks only"});
+  // Keys checked as they are read name the key and the line.
+  ExpectError(WithStateDir("[hooks.pre_enroll]\nurl = \"https://x.example/\"\nsecret_file = \"s\"\n"),
+              {kSource + ":4:", "hooks.pre_enroll.secret_file"});
+  ExpectError(WithStateDir("[hooks.pre_enroll]\ncommand = [\"/bin/true\"]\ntimeout = \"5 s\"\n"),
+              {"hooks.pre_enroll.timeout"});
+  ExpectError(WithStateDir("[hooks.pre_enroll]\ncommand = [\"/bin/true\"]\ntimeout = \"0s\"\n"),
+              {"hooks.pre_enroll.timeout", "out of range"});
+  ExpectError(WithStateDir("[hooks.pre_enroll]\ncommand = [\"/bin/true\"]\ntimeout = \"11m\"\n"),
+              {"hooks.pre_enroll.timeout", "out of range"});
+  ExpectError(WithStateDir("[hooks.pre_enroll]\ncommand = [\"/bin/true\"]\ntimeout = 5\n"),
+              {"hooks.pre_enroll.timeout"});
+  ExpectError(WithStateDir("[hooks.pre_enroll]\ncommand = [\"/bin/true\"]\nmax_output_bytes = 1\n"),
+              {"hooks.pre_enroll.max_output_bytes"});
+  ExpectError(WithStateDir("[hooks.pre_enroll]\ncommand = \"/bin/true\"\n"), {"hooks.pre_enroll.command"});
+  ExpectError(WithStateDir("[hooks.pre_enroll]\ncommand = [\"/bin/true\"]\nshell = true\n"),
+              {"unknown key 'hooks.pre_enroll.shell'"});
+  ExpectError(WithStateDir("[hooks.on_revoke]\ncommand = [\"/bin/true\"]\n"), {"unknown key 'hooks.on_revoke.command'"});
+  // The old provisioning keys are gone.
+  ExpectError(WithStateDir("[provisioning]\npre_provision_hook = [\"/bin/true\"]\n"), {"unknown key"});
+  ExpectError(WithStateDir("[provisioning]\nhook_timeout = \"5s\"\n"), {"unknown key"});
+}
+
+TEST(CompanionConfigTest, HookFilesAreCheckedAtStartupNamingTheTable) {
+  auto cfg = Parse(WithStateDir("[hooks.pre_reenroll]\ncommand = [\"/nonexistent/certfleet-hook\"]\n"));
+  ASSERT_TRUE(cfg) << cfg.error().ToString();
+  auto set = BuildHookSet(cfg->hooks);
+  ASSERT_FALSE(set);
+  EXPECT_EQ(set.error().code(), Code::kNotFound) << set.error().ToString();
+  EXPECT_NE(set.error().message().find("[hooks.pre_reenroll]"), std::string::npos) << set.error().message();
+
+  auto none = BuildHookSet(HooksConfig{});
+  ASSERT_TRUE(none) << none.error().ToString();
+  EXPECT_FALSE(none->pre_enroll);
 }
 
 }  // namespace

@@ -7,9 +7,13 @@
 //
 // The registration token is a one-time enrollment token from `certfleetctl token create`
 // for that serial: checked and consumed in the transaction that records the certificate.
-// A replayed or foreign token is refused and recorded as a security event.
+// A replayed or foreign token is refused and recorded as a security event. The pre-enroll
+// hook (method "cvm") runs after these checks and before issuance; a deny is a 403.
+#include <openssl/crypto.h>
+
 #include <nlohmann/json.hpp>
 
+#include "companion/cvm_request.h"
 #include "companion/est_service.h"
 #include "shared/x509/cert.h"
 #include "shared/x509/csr.h"
@@ -38,12 +42,6 @@ EstResponse AsJsonError(EstResponse r) {
   return out;
 }
 
-std::optional<std::string> StringField(const json& j, const char* name) {
-  auto it = j.find(name);
-  if (it == j.end() || !it->is_string()) return std::nullopt;
-  return it->get<std::string>();
-}
-
 }  // namespace
 
 EstResponse EstService::Cvm(const EstRequest& req) {
@@ -52,24 +50,19 @@ EstResponse EstService::Cvm(const EstRequest& req) {
   if (media != "application/json") {
     return AsJsonError(Reject(req, 415, "bad_request", "", "expected Content-Type application/json"));
   }
-  json body = json::parse(req.body, nullptr, false);
-  if (body.is_discarded() || !body.is_object()) {
-    return AsJsonError(Reject(req, 400, "bad_request", "", "the body is not a JSON object"));
-  }
-  auto serial = StringField(body, "serialNumber");
-  auto token = StringField(body, "registrationToken");
-  auto csr_pem = StringField(body, "certificateSigningRequest");
-  if (!serial || !token || !csr_pem) {
-    return AsJsonError(Reject(req, 400, "bad_request", "",
-                              "serialNumber, registrationToken and certificateSigningRequest are required strings"));
-  }
-  if (!IsValidThingName(*serial)) return AsJsonError(Reject(req, 400, "bad_request", "", "bad serialNumber"));
-  const std::string who = "serial:" + *serial;
+  auto parsed = ParseCvmRequest(req.body);
+  if (!parsed) return AsJsonError(Reject(req, 400, "bad_request", "", parsed.error().message()));
+  struct Wipe {
+    std::string& s;
+    ~Wipe() { OPENSSL_cleanse(s.data(), s.size()); }
+  } wipe{parsed->registration_token};
+  const std::string& serial = parsed->serial_number;
+  if (!IsValidThingName(serial)) return AsJsonError(Reject(req, 400, "bad_request", "", "bad serialNumber"));
+  const std::string who = "serial:" + serial;
   std::string token_hash;
-  if (auto refused = CheckToken(req, *serial, *token, now, token_hash)) return AsJsonError(*refused);
-  OPENSSL_cleanse(token->data(), token->size());
+  if (auto refused = CheckToken(req, serial, parsed->registration_token, now, token_hash)) return AsJsonError(*refused);
 
-  auto csr = sh::CsrFromPem(*csr_pem);
+  auto csr = sh::CsrFromPem(parsed->csr_pem);
   if (!csr) return AsJsonError(Reject(req, 400, "bad_request", who, "malformed CSR: " + csr.error().message()));
   Status st = sh::VerifyCsrSignature(csr->get());
   if (!st.ok()) return AsJsonError(Reject(req, 400, "bad_request", who, st.message()));
@@ -77,7 +70,7 @@ EstResponse EstService::Cvm(const EstRequest& req) {
   st = CheckKeyPolicy(pub, allowed_keys_);
   if (!st.ok()) return AsJsonError(Reject(req, 400, "key_policy", who, st.message()));
   std::string cn = sh::NameCommonName(X509_REQ_get_subject_name(csr->get()));
-  if (!cn.empty() && cn != *serial) {
+  if (!cn.empty() && cn != serial) {
     return AsJsonError(Reject(req, 403, "subject_mismatch", who, "the CSR's common name must be the serial number"));
   }
   sh::GeneralNamesPtr sans = sh::CsrSans(csr->get());
@@ -86,22 +79,28 @@ EstResponse EstService::Cvm(const EstRequest& req) {
   }
 
   CertTemplate tmpl;
-  auto name = NameFromCommonName(*serial);
+  auto name = NameFromCommonName(serial);
   if (!name) return AsJsonError(Reject(req, 400, "bad_subject", who, name.error().message()));
   tmpl.subject = std::move(*name);
   tmpl.sans = std::move(sans);
   tmpl.public_key = pub;
   tmpl.validity = state_.config.profile.validity;
   tmpl.backdate = state_.config.profile.backdate;
+  // The pre-enroll hook runs before issuance: a deny leaves the token unused.
+  if (auto denied = RunPreHook(req, hooks_.specs.pre_enroll, who,
+                               EnrollInput(req, kHookEventPreEnroll, kEnrollMethodCvm, serial, csr->get(), pub, ""))) {
+    return AsJsonError(std::move(*denied));
+  }
   IssueRecord rec;
-  rec.cert.thing_name = *serial;
+  rec.cert.thing_name = serial;
   rec.cert.source = "cvm";
   rec.token_hash = token_hash;
   EstResponse refused;
   sh::X509Ptr cert = IssueAndRecordCert(req, who, tmpl, std::move(rec), now, refused);
   if (!cert) return AsJsonError(std::move(refused));
+  QueuePostHook(hooks_.specs.post_enroll, kHookEventPostEnroll, kEnrollMethodCvm, cert.get(), serial, "");
   std::string chain = sh::CertToPem(cert.get()) + state_.issuer->IntermediatesPem();
-  return Json(200, {{"thingName", *serial}, {"certificateId", sh::CertFingerprint(cert.get())}, {"certificatePem", chain}});
+  return Json(200, {{"thingName", serial}, {"certificateId", sh::CertFingerprint(cert.get())}, {"certificatePem", chain}});
 }
 
 }  // namespace certfleet::companion

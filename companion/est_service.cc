@@ -8,6 +8,7 @@
 #include "shared/core/base64.h"
 #include "shared/x509/cert.h"
 #include "shared/x509/csr.h"
+#include "shared/x509/key.h"
 #include "shared/x509/openssl_error.h"
 #include "shared/x509/pkcs7.h"
 
@@ -74,8 +75,40 @@ std::optional<BasicCredentials> ParseBasic(std::string_view header) {
 
 bool SameSans(const GENERAL_NAMES* a, const GENERAL_NAMES* b) { return sh::CanonicalSans(a) == sh::CanonicalSans(b); }
 
+// The EST label of a request path ("/.well-known/est/<label>/<op>"), as a list for hook
+// inputs: empty without a label.
+std::vector<std::string> PathLabels(std::string_view path) {
+  if (path.substr(0, kPrefix.size()) != kPrefix) return {};
+  path.remove_prefix(kPrefix.size());
+  auto slash = path.find('/');
+  if (slash == std::string_view::npos) return {};
+  return {std::string(path.substr(0, slash))};
+}
+
+// The profile key type of an accepted public key ("ec-p256", ...), "" if none matches.
+std::string ProfileKeyTypeName(EVP_PKEY* key) {
+  for (sh::KeyType t : {sh::KeyType::kEcP256, sh::KeyType::kEcP384, sh::KeyType::kRsa2048, sh::KeyType::kRsa3072}) {
+    if (CheckKeyPolicy(key, {t}).ok()) return std::string(sh::KeyTypeName(t));
+  }
+  return "";
+}
 
 }  // namespace
+
+EnrollHookInput EstService::EnrollInput(const EstRequest& req, std::string_view event, std::string_view method,
+                                        const std::string& thing_name, X509_REQ* csr, EVP_PKEY* pub,
+                                        const std::string& client_cert_id) {
+  EnrollHookInput in;
+  in.event = std::string(event);
+  in.method = std::string(method);
+  in.thing_name = thing_name;
+  in.csr_subject = sh::NameToString(X509_REQ_get_subject_name(csr));
+  in.csr_public_key_type = ProfileKeyTypeName(pub);
+  in.client_certificate_id = client_cert_id;
+  in.remote_address = req.remote;
+  in.labels = PathLabels(req.path);
+  return in;
+}
 
 std::string TokenHash(std::string_view token) { return sh::Sha256Hex(token); }
 
@@ -92,13 +125,52 @@ sh::Result<std::string> NewToken() {
   return b64;
 }
 
-EstService::EstService(CompanionState& state, const sh::Clock& clock, sh::Logger& log)
-    : state_(state), clock_(clock), log_(log) {
+EstService::EstService(CompanionState& state, const sh::Clock& clock, sh::Logger& log, EstHooks hooks)
+    : state_(state), clock_(clock), log_(log), hooks_(std::move(hooks)) {
   auto der = sh::BuildCertsOnly(state_.issuer->Chain());
   cacerts_body_ = der ? *der : std::string();
   for (const auto& name : state_.config.profile.key_types) {
     if (auto t = sh::ParseKeyType(name)) allowed_keys_.push_back(*t);
   }
+  if (hooks_.runner != nullptr && (hooks_.specs.post_enroll || hooks_.specs.post_reenroll)) {
+    post_hooks_ = std::make_unique<PostHookQueue>(*hooks_.runner, log_);
+  }
+}
+
+EstService::~EstService() = default;
+
+void EstService::DrainPostHooks() {
+  if (post_hooks_) post_hooks_->Drain();
+}
+
+std::optional<EstResponse> EstService::RunPreHook(const EstRequest& req, const std::optional<HookSpec>& spec,
+                                                  const std::string& who, const EnrollHookInput& input) {
+  if (!spec || hooks_.runner == nullptr) return std::nullopt;
+  HookDecision decision = DecideAllow(hooks_.runner->Run(*spec, input.event, BuildEnrollHookInput(input)));
+  if (decision.allow) return std::nullopt;
+  log_.Warn("EST request denied by hook", {{"event", input.event}, {"method", input.method}, {"who", who},
+                                           {"thing", input.thing_name}, {"remote", req.remote},
+                                           {"reason", decision.reason}});
+  SecurityEvent ev{0, clock_.Now(), "hook_denied", who.empty() ? req.remote : who,
+                   input.event + " hook: " + decision.reason + " (thing " + input.thing_name + ", from " + req.remote + ")"};
+  Status st = state_.registry->RecordSecurityEvent(ev);
+  if (!st.ok()) log_.Error("recording security event failed", {{"error", st.ToString()}});
+  return Text(403, "enrollment denied by policy");
+}
+
+void EstService::QueuePostHook(const std::optional<HookSpec>& spec, std::string_view event, std::string_view method,
+                               X509* cert, const std::string& thing_name, const std::string& previous_id) {
+  if (!spec || !post_hooks_) return;
+  sh::CertInfo info = sh::DescribeCert(cert);
+  IssuedHookInput in;
+  in.event = std::string(event);
+  in.method = std::string(method);
+  in.thing_name = thing_name;
+  in.certificate_id = info.id;
+  in.serial = info.serial;
+  in.not_after = info.not_after;
+  in.previous_certificate_id = previous_id;
+  post_hooks_->Post(*spec, event, BuildIssuedHookInput(in));
 }
 
 EstResponse EstService::Reject(const EstRequest& req, int status, const std::string& kind, const std::string& who,
@@ -269,7 +341,6 @@ EstResponse EstService::Enroll(const EstRequest& req) {
     return Reject(req, 400, "san_not_allowed", who, "subjectAltName in the CSR is not allowed by the certificate profile");
   }
 
-  // 3. Issue and record durably before answering.
   CertTemplate tmpl;
   auto name = NameFromCommonName(cn);
   if (!name) return Reject(req, 400, "bad_subject", who, name.error().message());
@@ -278,12 +349,24 @@ EstResponse EstService::Enroll(const EstRequest& req) {
   tmpl.public_key = pub;
   tmpl.validity = state_.config.profile.validity;
   tmpl.backdate = state_.config.profile.backdate;
+  // 3. The operator's pre-enroll hook, before anything is issued or the token consumed.
+  const std::string_view method = token_hash ? kEnrollMethodToken : kEnrollMethodClaim;
+  if (auto denied = RunPreHook(req, hooks_.specs.pre_enroll, who,
+                               EnrollInput(req, kHookEventPreEnroll, method, cn, csr, pub, token_hash ? "" : who))) {
+    return *denied;
+  }
+
+  // 4. Issue and record durably before answering.
   IssueRecord rec;
   rec.cert.thing_name = cn;
   rec.cert.source = token_hash ? "est-enroll-token" : "est-enroll-claim";
   rec.token_hash = token_hash;
   rec.require_no_current = !token_hash;
-  return IssueAndRecord(req, who, tmpl, std::move(rec), now);
+  EstResponse refused;
+  sh::X509Ptr cert = IssueAndRecordCert(req, who, tmpl, std::move(rec), now, refused);
+  if (!cert) return refused;
+  QueuePostHook(hooks_.specs.post_enroll, kHookEventPostEnroll, method, cert.get(), cn, "");
+  return CertsOnlyResponse(cert.get());
 }
 
 EstResponse EstService::Reenroll(const EstRequest& req) {
@@ -340,19 +423,26 @@ EstResponse EstService::Reenroll(const EstRequest& req) {
   tmpl.public_key = pub;
   tmpl.validity = state_.config.profile.validity;
   tmpl.backdate = state_.config.profile.backdate;
+  if (auto denied = RunPreHook(req, hooks_.specs.pre_reenroll, who,
+                               EnrollInput(req, kHookEventPreReenroll, kEnrollMethodReenroll, current.thing_name, csr,
+                                           pub, who))) {
+    return *denied;
+  }
+
   IssueRecord rec;
   rec.cert.thing_name = current.thing_name;
   rec.cert.source = same_key ? "est-renew" : "est-rekey";
   rec.replaces_cert_id = current.id;
-  return IssueAndRecord(req, who, tmpl, std::move(rec), now);
-}
-
-EstResponse EstService::IssueAndRecord(const EstRequest& req, const std::string& who, const CertTemplate& tmpl,
-                                       IssueRecord rec, sh::WallTime now) {
   EstResponse refused;
   sh::X509Ptr cert = IssueAndRecordCert(req, who, tmpl, std::move(rec), now, refused);
   if (!cert) return refused;
-  auto der = sh::BuildCertsOnly({cert.get()});
+  QueuePostHook(hooks_.specs.post_reenroll, kHookEventPostReenroll, kEnrollMethodReenroll, cert.get(),
+                current.thing_name, current.id);
+  return CertsOnlyResponse(cert.get());
+}
+
+EstResponse EstService::CertsOnlyResponse(X509* cert) {
+  auto der = sh::BuildCertsOnly({cert});
   if (!der) return Text(500, "encoding response failed");
   return CertsOnly(*der, kPkcs7CertsOnly);
 }

@@ -5,10 +5,13 @@
 // Thread-safe: Handle() may run on many threads at once.
 #pragma once
 
+#include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "companion/hook_set.h"
 #include "companion/init.h"
 #include "shared/core/clock.h"
 #include "shared/core/log.h"
@@ -38,24 +41,41 @@ inline constexpr char kPkcs7Mime[] = "application/pkcs7-mime";
 inline constexpr char kPkcs7CertsOnly[] = "application/pkcs7-mime; smime-type=certs-only";
 inline constexpr char kPkcs10[] = "application/pkcs10";
 
+// Enrollment hooks (docs/hooks.md). Pre-enroll runs for simpleenroll (claim certificate or
+// token) and the CVM endpoint, pre-reenroll for simplereenroll: after the request is
+// authenticated and checked, before anything is issued or a token consumed. A deny answers
+// 403 and records a "hook_denied" security event. Post-enroll and post-reenroll are queued
+// once the certificate is durably recorded and never change the answer.
+struct EstHooks {
+  HookRunner* runner = nullptr;  // borrowed; must outlive the service; null = no hooks run
+  HookSet specs;                 // the enroll and reenroll members are used
+};
+
 class EstService {
  public:
   // `state` must outlive the service and have its registry and issuer loaded.
-  EstService(CompanionState& state, const shared::Clock& clock, shared::Logger& log);
+  EstService(CompanionState& state, const shared::Clock& clock, shared::Logger& log, EstHooks hooks = {});
+  // Finishes the post-hooks already queued.
+  ~EstService();
 
   EstResponse Handle(const EstRequest& request);
+  // Blocks until the post-hooks queued so far have run (tests, shutdown).
+  void DrainPostHooks();
 
  private:
   EstResponse CaCerts();
   EstResponse Enroll(const EstRequest& request);
   EstResponse Reenroll(const EstRequest& request);
-  // Signs `tmpl`, records it with `rec` (thing, source and links set by the caller;
-  // the certificate fields are filled in here) durably, then answers with it.
-  EstResponse IssueAndRecord(const EstRequest& request, const std::string& who, const CertTemplate& tmpl,
-                             IssueRecord rec, shared::WallTime now);
-  // The same, returning the certificate; on failure null with the answer in `refused`.
+  // Signs `tmpl` and records it with `rec` (thing, source and links set by the caller; the
+  // certificate fields are filled in here) durably; on failure null with the answer in `refused`.
   shared::X509Ptr IssueAndRecordCert(const EstRequest& request, const std::string& who, const CertTemplate& tmpl,
                                      IssueRecord rec, shared::WallTime now, EstResponse& refused);
+  // The EST answer for an issued certificate: certs-only PKCS#7, base64.
+  EstResponse CertsOnlyResponse(X509* cert);
+  // A pre-hook input for a checked request.
+  EnrollHookInput EnrollInput(const EstRequest& request, std::string_view event, std::string_view method,
+                              const std::string& thing_name, X509_REQ* csr, EVP_PKEY* pub,
+                              const std::string& client_cert_id);
   // A one-time token for `serial`: nullopt when it may be used (its hash in `hash`),
   // otherwise the refusal, recorded as a security event.
   std::optional<EstResponse> CheckToken(const EstRequest& request, const std::string& serial, const std::string& token,
@@ -64,12 +84,21 @@ class EstService {
   EstResponse Cvm(const EstRequest& request);
   EstResponse Reject(const EstRequest& request, int status, const std::string& kind, const std::string& who,
                      const std::string& message);
+  // Runs the pre-hook `spec` (if set) for `input`: nullopt when allowed, otherwise the 403
+  // refusal, recorded as a "hook_denied" security event.
+  std::optional<EstResponse> RunPreHook(const EstRequest& request, const std::optional<HookSpec>& spec,
+                                        const std::string& who, const EnrollHookInput& input);
+  // Queues the post-hook `spec` (if set) for the certificate just recorded.
+  void QueuePostHook(const std::optional<HookSpec>& spec, std::string_view event, std::string_view method,
+                     X509* cert, const std::string& thing_name, const std::string& previous_id);
 
   CompanionState& state_;
   const shared::Clock& clock_;
   shared::Logger& log_;
   std::string cacerts_body_;
   std::vector<shared::KeyType> allowed_keys_;
+  EstHooks hooks_;
+  std::unique_ptr<PostHookQueue> post_hooks_;  // set when a post-hook is configured
 };
 
 // The SHA-256 hex under which a token is stored.

@@ -1,9 +1,12 @@
 #include "companion/est_service.h"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
 #include <openssl/x509v3.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
@@ -12,12 +15,15 @@
 #include <cctype>
 #include <chrono>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "companion/ca.h"
+#include "companion/cvm_request.h"
+#include "companion/hook_set.h"
 #include "companion/config.h"
 #include "companion/init.h"
 #include "companion/registry.h"
@@ -1149,6 +1155,318 @@ TEST_F(EstServiceTest, ReenrollChecksTheCsrToo) {
   auto rec = Record(a.get());
   ASSERT_TRUE(rec);
   EXPECT_FALSE(rec->superseded_by);
+}
+
+// ---- enrollment hooks ----
+
+// EstServiceTest with hooks: small /bin/sh scripts written into the test's temp dir (mode
+// 0755, owned by the test's user, as ParseHookSpec demands) and a real HookRunner.
+class EstHookTest : public EstServiceTest {
+ protected:
+  // A hook script with `body`; its input is saved to <name>.in.json first when `save_input`.
+  std::string Script(const std::string& name, const std::string& body, bool save_input = true) {
+    std::string dir = dir_.path() + "/hooks";
+    ::mkdir(dir.c_str(), 0755);
+    std::string path = dir + "/" + name;
+    std::string text = "#!/bin/sh\n";
+    text += save_input ? "cat >'" + path + ".in.json'\n" : "cat >/dev/null\n";
+    text += body + "\n";
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    EXPECT_GE(fd, 0) << path;
+    if (fd >= 0) {
+      EXPECT_EQ(::write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+      EXPECT_EQ(::fchmod(fd, 0755), 0);
+      ::close(fd);
+    }
+    return path;
+  }
+  HookSpec Spec(const std::string& path, std::chrono::milliseconds timeout = std::chrono::milliseconds(5000)) {
+    HookConfig c;
+    c.command = {path};
+    c.timeout = timeout;
+    auto spec = ParseHookSpec(c);
+    EXPECT_TRUE(spec) << spec.error().ToString();
+    return spec ? *spec : HookSpec{};
+  }
+  // The input the hook at `path` saw last.
+  nlohmann::json Input(const std::string& path) {
+    auto text = fs_.ReadFile(path + ".in.json", 1 << 20);
+    EXPECT_TRUE(text) << text.error().ToString();
+    return text ? nlohmann::json::parse(*text, nullptr, false) : nlohmann::json();
+  }
+  // Rebuilds the service with `hooks`.
+  void UseHooks(HookSet hooks) {
+    service_.reset();
+    service_ = std::make_unique<EstService>(*state_, clock_, log_, EstHooks{&runner_, std::move(hooks)});
+  }
+  std::string Allow() { return Script("allow", R"(echo '{"allow": true}')"); }
+
+  // One refusal by the pre-enroll hook: 403, the token unused, nothing issued, an event.
+  void ExpectDenied(const EstResponse& r, const std::string& token) {
+    EXPECT_EQ(r.status, 403) << r.body;
+    EXPECT_NE(r.body.find("denied by policy"), std::string::npos) << r.body;
+    EXPECT_FALSE(TokenUsed(token)) << "a denied request consumes nothing";
+    EXPECT_EQ(CountCerts(), 0u);
+    EXPECT_TRUE(HasEvent("hook_denied"));
+  }
+
+  EstRequest CvmPost(const std::string& serial, const std::string& token, EVP_PKEY* key) {
+    sh::CsrRequest creq;
+    creq.common_name = serial;
+    auto csr = sh::BuildCsr(key, creq);
+    EXPECT_TRUE(csr);
+    EstRequest r;
+    r.method = "POST";
+    r.path = "/cvm/v1/certificates";
+    r.content_type = "application/json";
+    r.body = nlohmann::json{{"serialNumber", serial},
+                            {"registrationToken", token},
+                            {"certificateSigningRequest", csr ? sh::CsrToPem(csr->get()) : ""}}
+                 .dump();
+    r.remote = kRemote;
+    return r;
+  }
+
+  // The service's post-hook queue uses runner_: it goes first.
+  ~EstHookTest() override { service_.reset(); }
+
+  HookRunner runner_{log_, clock_};
+};
+
+TEST_F(EstHookTest, PreEnrollAllowIssuesAndSeesTheRequest) {
+  HookSet hooks;
+  std::string hook = Allow();
+  hooks.pre_enroll = Spec(hook);
+  UseHooks(hooks);
+  auto key = NewKey();
+  std::string token = MakeToken("gw-1");
+  auto cert = Issued(Handle(Post("simpleenroll", CsrBody(key.get(), "gw-1"), Basic("gw-1", token))));
+  ASSERT_TRUE(cert);
+  EXPECT_TRUE(TokenUsed(token));
+  nlohmann::json in = Input(hook);
+  EXPECT_EQ(in["event"], "pre-enroll");
+  EXPECT_EQ(in["method"], "token");
+  EXPECT_EQ(in["thingName"], "gw-1");
+  EXPECT_EQ(in["csrSubject"], "CN=gw-1");
+  EXPECT_EQ(in["csrPublicKeyType"], "ec-p256");
+  EXPECT_EQ(in["remoteAddress"], kRemote);
+  EXPECT_EQ(in["labels"], nlohmann::json::array());
+  EXPECT_FALSE(in.contains("clientCertificateId")) << "a token enrollment has no authenticating certificate";
+  EXPECT_EQ(in.dump().find(token), std::string::npos) << "the token never reaches a hook";
+  EXPECT_TRUE(EventKinds().empty());
+}
+
+TEST_F(EstHookTest, EveryPreEnrollFailureDeniesAndConsumesNothing) {
+  struct Case {
+    std::string name;
+    std::string body;
+    std::chrono::milliseconds timeout{5000};
+  };
+  std::vector<Case> cases = {
+      {"deny", R"(echo '{"allow": false, "reason": "serial not in the allow list"}')"},
+      {"timeout", "exec sleep 30", std::chrono::milliseconds(300)},
+      {"crash", R"(echo '{"allow": true}'; exit 3)"},
+      {"invalid-json", "echo 'allow: yes'"},
+      {"string-allow", R"(echo '{"allow": "true"}')"},
+      {"no-allow", R"(echo '{"reason": "forgot"}')"},
+  };
+  auto key = NewKey();
+  std::string token = MakeToken("gw-1");
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    HookSet hooks;
+    hooks.pre_enroll = Spec(Script(c.name, c.body), c.timeout);
+    UseHooks(hooks);
+    auto start = std::chrono::steady_clock::now();
+    EstResponse r = Handle(Post("simpleenroll", CsrBody(key.get(), "gw-1"), Basic("gw-1", token)));
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+    ExpectDenied(r, token);
+  }
+  auto events = state_->registry->ListSecurityEvents(100);
+  ASSERT_TRUE(events);
+  EXPECT_EQ(events->size(), cases.size());
+  bool saw_reason = false;
+  for (const auto& ev : *events) {
+    EXPECT_EQ(ev.kind, "hook_denied");
+    EXPECT_EQ(ev.subject, "serial:gw-1");
+    saw_reason = saw_reason || ev.detail.find("serial not in the allow list") != std::string::npos;
+  }
+  EXPECT_TRUE(saw_reason) << "the hook's own reason is kept in the event";
+
+  // The same token still works once the hook allows.
+  HookSet allow;
+  allow.pre_enroll = Spec(Allow());
+  UseHooks(allow);
+  EXPECT_TRUE(Issued(Handle(Post("simpleenroll", CsrBody(key.get(), "gw-1"), Basic("gw-1", token)))));
+  EXPECT_TRUE(TokenUsed(token));
+}
+
+TEST_F(EstHookTest, RefusedRequestsNeverReachThePreEnrollHook) {
+  HookSet hooks;
+  std::string hook = Allow();
+  hooks.pre_enroll = Spec(hook);
+  UseHooks(hooks);
+  auto key = NewKey();
+  EXPECT_EQ(Handle(Post("simpleenroll", CsrBody(key.get(), "gw-1"), Basic("gw-1", "not-a-token"))).status, 401);
+  std::string token = MakeToken("gw-1");
+  EXPECT_EQ(Handle(Post("simpleenroll", CsrBody(key.get(), "gw-2"), Basic("gw-1", token))).status, 403);
+  EXPECT_FALSE(fs_.Exists(hook + ".in.json"));
+  EXPECT_FALSE(HasEvent("hook_denied"));
+}
+
+TEST_F(EstHookTest, ClaimEnrollmentHookSeesTheClaimCertificate) {
+  auto claim_ca = MakeTestCa("claim CA", clock_.Now());
+  ASSERT_TRUE(claim_ca);
+  TrustForClaims(claim_ca->cert());
+  Identity claim = IssueLeaf(*claim_ca->issuer, "claim-batch-7", clock_.Now());
+  ASSERT_TRUE(claim.cert);
+  state_->config.est.labels = {"fleet-a"};
+
+  HookSet hooks;
+  std::string hook = Script("deny", R"(echo '{"allow": false}')");
+  hooks.pre_enroll = Spec(hook);
+  UseHooks(hooks);
+  auto key = NewKey();
+  EstRequest req = Post("fleet-a/simpleenroll", CsrBody(key.get(), "gw-claimed"));
+  req.peer_cert = claim.cert.get();
+  EstResponse r = Handle(req);
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_EQ(CountCerts(), 0u);
+  EXPECT_TRUE(HasEvent("hook_denied"));
+  nlohmann::json in = Input(hook);
+  EXPECT_EQ(in["method"], "claim-certificate");
+  EXPECT_EQ(in["thingName"], "gw-claimed");
+  EXPECT_EQ(in["clientCertificateId"], sh::CertFingerprint(claim.cert.get()));
+  EXPECT_EQ(in["labels"], nlohmann::json::array({"fleet-a"}));
+}
+
+TEST_F(EstHookTest, CvmPreEnrollDenyIsForbiddenAndKeepsTheToken) {
+  HookSet hooks;
+  std::string hook = Script("deny", R"(echo '{"allow": false}')");
+  hooks.pre_enroll = Spec(hook);
+  UseHooks(hooks);
+  auto key = NewKey();
+  std::string token = MakeToken("gw-cvm");
+  EstResponse r = Handle(CvmPost("gw-cvm", token, key.get()));
+  EXPECT_EQ(r.content_type, "application/json");
+  auto body = nlohmann::json::parse(r.body, nullptr, false);
+  EXPECT_EQ(body["statusCode"], 403) << r.body;
+  ExpectDenied(r, token);
+  nlohmann::json in = Input(hook);
+  EXPECT_EQ(in["method"], "cvm");
+  EXPECT_EQ(in["thingName"], "gw-cvm");
+
+  HookSet allow;
+  allow.pre_enroll = Spec(Allow());
+  UseHooks(allow);
+  EstResponse ok = Handle(CvmPost("gw-cvm", token, key.get()));
+  EXPECT_EQ(ok.status, 200) << ok.body;
+  EXPECT_TRUE(TokenUsed(token));
+}
+
+TEST_F(EstHookTest, PreReenrollDenyKeepsTheCurrentCertificate) {
+  auto key = NewKey();
+  auto old_cert = EnrollWithToken("gw-1", key.get());
+  ASSERT_TRUE(old_cert);
+  HookSet hooks;
+  std::string hook = Script("deny", R"(echo '{"allow": false, "reason": "frozen"}')");
+  hooks.pre_reenroll = Spec(hook);
+  hooks.pre_enroll = Spec(Script("enroll-deny", R"(echo '{"allow": false}')"));  // not consulted
+  UseHooks(hooks);
+  auto new_key = NewKey();
+  EstResponse r = Handle(Reenroll(ReenrollBody(new_key.get(), old_cert.get()), old_cert.get()));
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_EQ(CountCerts(), 1u);
+  auto rec = Record(old_cert.get());
+  ASSERT_TRUE(rec);
+  EXPECT_FALSE(rec->superseded_by);
+  EXPECT_TRUE(HasEvent("hook_denied"));
+  nlohmann::json in = Input(hook);
+  EXPECT_EQ(in["event"], "pre-reenroll");
+  EXPECT_EQ(in["method"], "reenroll");
+  EXPECT_EQ(in["thingName"], "gw-1");
+  EXPECT_EQ(in["clientCertificateId"], sh::CertFingerprint(old_cert.get()));
+
+  HookSet allow;
+  allow.pre_reenroll = Spec(Allow());
+  UseHooks(allow);
+  EXPECT_TRUE(Issued(Handle(Reenroll(ReenrollBody(new_key.get(), old_cert.get()), old_cert.get()))));
+}
+
+TEST_F(EstHookTest, PostHooksSeeTheRecordedCertificate) {
+  HookSet hooks;
+  std::string post_enroll = Script("post-enroll", "echo '{}'");
+  std::string post_reenroll = Script("post-reenroll", "echo '{}'");
+  hooks.post_enroll = Spec(post_enroll);
+  hooks.post_reenroll = Spec(post_reenroll);
+  UseHooks(hooks);
+  auto key = NewKey();
+  auto cert = EnrollWithToken("gw-1", key.get());
+  ASSERT_TRUE(cert);
+  Service().DrainPostHooks();
+  sh::CertInfo info = sh::DescribeCert(cert.get());
+  nlohmann::json in = Input(post_enroll);
+  EXPECT_EQ(in["event"], "post-enroll");
+  EXPECT_EQ(in["method"], "token");
+  EXPECT_EQ(in["thingName"], "gw-1");
+  EXPECT_EQ(in["certificateId"], info.id);
+  EXPECT_EQ(in["serial"], info.serial);
+  EXPECT_EQ(in["notAfter"], sh::FormatRfc3339(info.not_after));
+  EXPECT_FALSE(in.contains("previousCertificateId"));
+
+  auto renewed = Issued(Handle(Reenroll(ReenrollBody(key.get(), cert.get()), cert.get())));
+  ASSERT_TRUE(renewed);
+  Service().DrainPostHooks();
+  in = Input(post_reenroll);
+  EXPECT_EQ(in["event"], "post-reenroll");
+  EXPECT_EQ(in["method"], "reenroll");
+  EXPECT_EQ(in["certificateId"], sh::CertFingerprint(renewed.get()));
+  EXPECT_EQ(in["previousCertificateId"], info.id);
+}
+
+TEST_F(EstHookTest, PostHookFailureDoesNotChangeTheAnswer) {
+  HookSet hooks;
+  hooks.post_enroll = Spec(Script("post-fail", "echo 'garbage'; exit 1"));
+  hooks.post_reenroll = Spec(Script("post-slow", "exec sleep 30"), std::chrono::milliseconds(300));
+  UseHooks(hooks);
+  auto key = NewKey();
+  auto cert = EnrollWithToken("gw-1", key.get());
+  ASSERT_TRUE(cert);
+  EXPECT_TRUE(Record(cert.get()));
+  auto renewed = Issued(Handle(Reenroll(ReenrollBody(key.get(), cert.get()), cert.get())));
+  EXPECT_TRUE(renewed);
+  Service().DrainPostHooks();
+  EXPECT_TRUE(log_.Contains("post-hook failed event=post-enroll")) << "failures are logged";
+  EXPECT_TRUE(log_.Contains("post-hook failed event=post-reenroll"));
+  EXPECT_FALSE(HasEvent("hook_denied"));
+}
+
+// ---- the CVM request body ----
+
+TEST(CvmRequestTest, ParsesTheThreeStrings) {
+  auto r = ParseCvmRequest(R"({"serialNumber": "gw-1", "registrationToken": "t", "certificateSigningRequest": "pem",
+                               "extra": [1, 2]})");
+  ASSERT_TRUE(r) << r.error().ToString();
+  EXPECT_EQ(r->serial_number, "gw-1");
+  EXPECT_EQ(r->registration_token, "t");
+  EXPECT_EQ(r->csr_pem, "pem");
+}
+
+TEST(CvmRequestTest, MalformedBodiesAreInvalidArgument) {
+  const std::string deep(100000, '[');
+  for (const std::string& body : std::vector<std::string>{
+           "", "null", "[]", "\"s\"", "{", "{}", "{\"serialNumber\": \"a\"}",
+           R"({"serialNumber": 1, "registrationToken": "t", "certificateSigningRequest": "p"})",
+           R"({"serialNumber": "a", "registrationToken": null, "certificateSigningRequest": "p"})",
+           R"({"serialNumber": "a", "registrationToken": "t", "certificateSigningRequest": ["p"]})",
+           R"({"serialNumber": "a", "registrationToken": "t", "certificateSigningRequest": "p"} trailing)",
+           std::string("{\"serialNumber\": \"a\0\"}", 20), "\xff\xfe{}", deep,
+           "{\"serialNumber\": " + deep + "}"}) {
+    SCOPED_TRACE(body.substr(0, 60));
+    auto r = ParseCvmRequest(body);
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().code(), sh::Code::kInvalidArgument);
+  }
 }
 
 // ---- tokens ----

@@ -42,6 +42,8 @@ constexpr std::chrono::milliseconds kMinTimeout{1};
 constexpr std::chrono::milliseconds kMaxTimeout{10 * 60 * 1000};
 constexpr int64_t kMinOutputBytes = 2;  // "{}"
 constexpr int64_t kMaxOutputBytes = 16 << 20;
+// A hook's own reason is cut to this many bytes (at a UTF-8 boundary) for logs and events.
+constexpr size_t kMaxDecisionReasonBytes = 256;
 constexpr size_t kMinSecretBytes = 16;
 constexpr size_t kMaxSecretBytes = 4096;
 constexpr size_t kStderrCapBytes = 4096;
@@ -453,24 +455,44 @@ std::string TargetForLog(const HookSpec& spec) {
 
 // ---- ParseHookSpec ----
 
-Result<HookSpec> ParseHookSpec(const HookConfig& config) {
+Status CheckHookConfig(const HookConfig& config) {
   bool is_exec = !config.command.empty();
   bool is_webhook = !config.url.empty();
-  if (is_exec == is_webhook) return sh::Error(Code::kInvalidArgument, "a hook needs either command or url, not both");
+  if (is_exec && is_webhook) return {Code::kInvalidArgument, "a hook needs either command or url, not both"};
+  if (!is_exec && !is_webhook) return {Code::kInvalidArgument, "a hook needs either command or url"};
   if (config.timeout < kMinTimeout || config.timeout > kMaxTimeout) {
-    return sh::Error(Code::kInvalidArgument, "hook timeout must be 1 ms to 10 min");
+    return {Code::kInvalidArgument, "hook timeout must be 1 ms to 10 min"};
   }
   if (config.max_output_bytes < kMinOutputBytes || config.max_output_bytes > kMaxOutputBytes) {
-    return sh::Error(Code::kInvalidArgument, "hook max_output_bytes must be 2 to 16777216");
+    return {Code::kInvalidArgument, "hook max_output_bytes must be 2 to 16777216"};
   }
+  if (is_exec) {
+    if (!config.secret_file.empty() || !config.trust_anchor_file.empty() || config.allow_insecure_loopback) {
+      return {Code::kInvalidArgument, "secret_file, trust_anchor_file and allow_insecure_loopback apply to webhooks only"};
+    }
+    const std::string& path = config.command.front();
+    if (path.empty() || path.front() != '/') {
+      return {Code::kInvalidArgument, "hook executable must be an absolute path: " + path};
+    }
+    return Status::Ok();
+  }
+  if (auto url = ParseWebhookUrl(config.url, config.allow_insecure_loopback); !url) return url.error();
+  if (config.secret_file.empty()) return {Code::kInvalidArgument, "a webhook needs secret_file"};
+  if (config.secret_file.front() != '/') {
+    return {Code::kInvalidArgument, "webhook secret_file must be an absolute path: " + config.secret_file};
+  }
+  if (!config.trust_anchor_file.empty() && config.trust_anchor_file.front() != '/') {
+    return {Code::kInvalidArgument, "webhook trust_anchor_file must be an absolute path: " + config.trust_anchor_file};
+  }
+  return Status::Ok();
+}
+
+Result<HookSpec> ParseHookSpec(const HookConfig& config) {
+  CF_RETURN_IF_ERROR(CheckHookConfig(config));
   HookSpec spec;
   spec.timeout = config.timeout;
   spec.max_output_bytes = static_cast<size_t>(config.max_output_bytes);
-  if (is_exec) {
-    if (!config.secret_file.empty() || !config.trust_anchor_file.empty() || config.allow_insecure_loopback) {
-      return sh::Error(Code::kInvalidArgument,
-                       "secret_file, trust_anchor_file and allow_insecure_loopback apply to webhooks only");
-    }
+  if (!config.command.empty()) {
     spec.kind = HookSpec::kExec;
     spec.argv = config.command;
     CF_RETURN_IF_ERROR(CheckExecutable(spec.argv));
@@ -479,8 +501,6 @@ Result<HookSpec> ParseHookSpec(const HookConfig& config) {
   spec.kind = HookSpec::kWebhook;
   spec.url = config.url;
   spec.allow_insecure_loopback = config.allow_insecure_loopback;
-  if (auto url = ParseWebhookUrl(spec.url, spec.allow_insecure_loopback); !url) return sh::Error(url.error());
-  if (config.secret_file.empty()) return sh::Error(Code::kInvalidArgument, "a webhook needs secret_file");
   CF_ASSIGN_OR_RETURN(spec.hmac_secret, LoadSecretFile(config.secret_file));
   spec.hmac_secret_file = config.secret_file;
   if (!config.trust_anchor_file.empty()) {
@@ -861,6 +881,69 @@ PreProvisionDecision DecidePreProvision(const Result<Json>& hook_output) {
     }
   }
   return ok;
+}
+
+Json BuildEnrollHookInput(const EnrollHookInput& in) {
+  Json j{{"event", in.event},
+         {"method", in.method},
+         {"thingName", in.thing_name},
+         {"csrSubject", in.csr_subject},
+         {"csrPublicKeyType", in.csr_public_key_type},
+         {"remoteAddress", in.remote_address},
+         {"labels", in.labels}};
+  if (!in.client_certificate_id.empty()) j["clientCertificateId"] = in.client_certificate_id;
+  return j;
+}
+
+Json BuildIssuedHookInput(const IssuedHookInput& in) {
+  Json j{{"event", in.event},
+         {"method", in.method},
+         {"thingName", in.thing_name},
+         {"certificateId", in.certificate_id},
+         {"serial", in.serial},
+         {"notAfter", sh::FormatRfc3339(in.not_after)}};
+  if (!in.previous_certificate_id.empty()) j["previousCertificateId"] = in.previous_certificate_id;
+  return j;
+}
+
+HookDecision DecideAllow(const Result<Json>& hook_output) {
+  HookDecision deny;
+  if (!hook_output) {
+    deny.reason = "hook failed: " + hook_output.error().ToString();
+    return deny;
+  }
+  const Json& j = *hook_output;
+  if (!j.is_object()) {
+    deny.reason = "hook output is not a JSON object";
+    return deny;
+  }
+  auto allow = j.find("allow");
+  if (allow == j.end()) {
+    deny.reason = "hook output lacks allow";
+    return deny;
+  }
+  if (!allow->is_boolean()) {
+    deny.reason = "hook output: allow is not a boolean";
+    return deny;
+  }
+  std::string given;
+  auto reason = j.find("reason");
+  if (reason != j.end()) {
+    if (!reason->is_string()) {
+      deny.reason = "hook output: reason is not a string";
+      return deny;
+    }
+    given = reason->get<std::string>();
+    if (given.size() > kMaxDecisionReasonBytes) {
+      size_t cut = kMaxDecisionReasonBytes;
+      while (cut > 0 && (static_cast<unsigned char>(given[cut]) & 0xC0) == 0x80) --cut;
+      given.resize(cut);
+    }
+  }
+  HookDecision out;
+  out.allow = allow->get<bool>();
+  out.reason = (out.allow ? "allowed by hook" : "denied by hook") + (given.empty() ? "" : ": " + given);
+  return out;
 }
 
 void ReportPostHook(sh::Logger& logger, std::string_view event, const Result<Json>& result) {

@@ -85,6 +85,12 @@ struct HookConfig {
   int64_t max_output_bytes = static_cast<int64_t>(kDefaultHookMaxOutputBytes);  // 2 B to 16 MiB
 };
 
+// The checks of ParseHookSpec that need no file: exactly one of command and url, the
+// timeout and output ranges, an absolute executable path, the URL rule, secret_file set for
+// a webhook, absolute secret and trust anchor paths, no webhook keys on an exec hook.
+// Config loaders call it so that a bad table fails at load. kInvalidArgument.
+shared::Status CheckHookConfig(const HookConfig& config);
+
 // Validates `config` and builds a HookSpec. Exactly one of command and url must be set.
 // Exec: the executable must be an absolute path to a regular file with an execute bit, not
 // writable by group or others, owned by root or by this process's user. Webhook: the URL
@@ -190,6 +196,54 @@ struct PreProvisionDecision {
 // A failed run, timeout, garbage, a missing or non-boolean allowProvisioning or a non-string
 // override value denies, with a reason.
 PreProvisionDecision DecidePreProvision(const shared::Result<nlohmann::json>& hook_output);
+
+// ---- Enrollment (pre/post-enroll, pre/post-reenroll) ----
+
+// How a certificate was asked for: the `method` field of the enrollment hook inputs.
+inline constexpr std::string_view kEnrollMethodClaim = "claim-certificate";
+inline constexpr std::string_view kEnrollMethodToken = "token";
+inline constexpr std::string_view kEnrollMethodReenroll = "reenroll";
+inline constexpr std::string_view kEnrollMethodCvm = "cvm";
+
+struct EnrollHookInput {
+  std::string event;                  // kHookEventPreEnroll or kHookEventPreReenroll
+  std::string method;                 // kEnrollMethod*
+  std::string thing_name;             // the thing the certificate is for (its CN)
+  std::string csr_subject;            // RFC 2253 one-line form
+  std::string csr_public_key_type;    // "ec-p256", "ec-p384", "rsa-2048", "rsa-3072"
+  std::string client_certificate_id;  // SHA-256 hex of the authenticating client certificate; "" = none
+  std::string remote_address;         // "ip:port"
+  std::vector<std::string> labels;    // the EST label of the request path; empty without one
+};
+
+// {event, method, thingName, csrSubject, csrPublicKeyType, remoteAddress, labels[],
+//  clientCertificateId (only when there is one)}.
+nlohmann::json BuildEnrollHookInput(const EnrollHookInput& in);
+
+struct IssuedHookInput {
+  std::string event;  // kHookEventPostEnroll or kHookEventPostReenroll
+  std::string method;
+  std::string thing_name;
+  std::string certificate_id;           // SHA-256 hex of the new certificate
+  std::string serial;                   // its serial number, upper-case hex
+  shared::WallTime not_after;
+  std::string previous_certificate_id;  // re-enrollment: the replaced certificate; "" = none
+};
+
+// {event, method, thingName, certificateId, serial, notAfter (RFC 3339),
+//  previousCertificateId (only when there is one)}.
+nlohmann::json BuildIssuedHookInput(const IssuedHookInput& in);
+
+struct HookDecision {
+  bool allow = false;
+  std::string reason;  // for logs and security events; includes the hook's own reason
+};
+
+// The decision for an allow/deny pre-hook (pre-enroll, pre-reenroll): allows only for a
+// JSON object with boolean allow == true and, if present, a string reason (kept, cut to
+// 256 bytes). A failed run, timeout, garbage, a missing or non-boolean allow or a
+// non-string reason denies, with a reason. Other members are ignored.
+HookDecision DecideAllow(const shared::Result<nlohmann::json>& hook_output);
 
 // Logs a post-hook's result: an error record on failure, a debug record otherwise.
 void ReportPostHook(shared::Logger& logger, std::string_view event, const shared::Result<nlohmann::json>& result);

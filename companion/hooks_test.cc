@@ -598,6 +598,31 @@ TEST_F(HookSpecTest, InconsistentConfigsAreRejected) {
   EXPECT_EQ(spec->kind, HookSpec::kExec);
 }
 
+TEST(HookConfigCheckTest, ShapeIsCheckedWithoutTouchingFiles) {
+  HookConfig c;
+  c.command = {"/nonexistent/hook", "arg"};
+  EXPECT_TRUE(CheckHookConfig(c).ok()) << "files are ParseHookSpec's business";
+  EXPECT_EQ(ParseHookSpec(c).error().code(), Code::kNotFound);
+  c.command = {"relative/hook"};
+  EXPECT_EQ(CheckHookConfig(c).code(), Code::kInvalidArgument);
+  c.command.clear();
+  EXPECT_EQ(CheckHookConfig(c).code(), Code::kInvalidArgument) << "neither";
+  c.url = "https://hooks.example.net/x";
+  EXPECT_EQ(CheckHookConfig(c).code(), Code::kInvalidArgument) << "no secret_file";
+  c.secret_file = "secret";
+  EXPECT_EQ(CheckHookConfig(c).code(), Code::kInvalidArgument) << "relative secret_file";
+  c.secret_file = "/nonexistent/secret";
+  EXPECT_TRUE(CheckHookConfig(c).ok());
+  c.trust_anchor_file = "ca.pem";
+  EXPECT_EQ(CheckHookConfig(c).code(), Code::kInvalidArgument) << "relative trust_anchor_file";
+  c.trust_anchor_file.clear();
+  c.url = "http://hooks.example.net/x";
+  EXPECT_EQ(CheckHookConfig(c).code(), Code::kInvalidArgument) << "plain http off loopback";
+  c.command = {"/bin/true"};
+  c.url = "https://hooks.example.net/x";
+  EXPECT_EQ(CheckHookConfig(c).code(), Code::kInvalidArgument) << "both";
+}
+
 TEST_F(HookSpecTest, TrustAnchorFileMustHoldACertificate) {
   HookConfig c;
   c.url = "https://hooks.example.net/";
@@ -986,6 +1011,92 @@ TEST(PreProvisionHookTest, ReportPostHookLogsFailuresAsErrors) {
   EXPECT_EQ(records[0].level, sh::LogLevel::kDebug);
   EXPECT_EQ(records[1].level, sh::LogLevel::kError);
   EXPECT_NE(records[1].line.find("webhook down"), std::string::npos);
+}
+
+// ---- DecideAllow and the enrollment inputs ----
+
+TEST(AllowHookTest, EveryFailureClassAndMalformedAnswerDenies) {
+  struct Case {
+    std::string name;
+    sh::Result<Json> output;
+  };
+  std::vector<Case> cases;
+  cases.push_back({"timeout", sh::Error(Code::kDeadlineExceeded, "hook timed out")});
+  cases.push_back({"non-zero exit", sh::Error(Code::kInternal, "hook exited with status 1")});
+  cases.push_back({"garbage", sh::Error(Code::kInvalidArgument, "not JSON")});
+  cases.push_back({"unavailable", sh::Error(Code::kUnavailable, "connection refused")});
+  cases.push_back({"array", Json::array({Json{{"allow", true}}})});
+  cases.push_back({"string", Json("allow")});
+  cases.push_back({"true", Json(true)});
+  cases.push_back({"null", Json(nullptr)});
+  cases.push_back({"empty object", Json::object()});
+  cases.push_back({"string allow", Json{{"allow", "true"}}});
+  cases.push_back({"number allow", Json{{"allow", 1}}});
+  cases.push_back({"null allow", Json{{"allow", nullptr}}});
+  cases.push_back({"object allow", Json{{"allow", {{"value", true}}}}});
+  cases.push_back({"array allow", Json{{"allow", Json::array({true})}}});
+  cases.push_back({"wrong key case", Json{{"Allow", true}}});
+  cases.push_back({"provisioning key", Json{{"allowProvisioning", true}}});
+  cases.push_back({"non-string reason", Json{{"allow", true}, {"reason", 7}}});
+  cases.push_back({"explicit deny", Json{{"allow", false}}});
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    HookDecision d = DecideAllow(c.output);
+    EXPECT_FALSE(d.allow);
+    EXPECT_FALSE(d.reason.empty());
+  }
+  EXPECT_NE(DecideAllow(sh::Error(Code::kDeadlineExceeded, "hook timed out")).reason.find("timed out"), std::string::npos);
+}
+
+TEST(AllowHookTest, AllowAndTheHooksReason) {
+  HookDecision d = DecideAllow(Json{{"allow", true}});
+  EXPECT_TRUE(d.allow);
+  d = DecideAllow(Json{{"allow", true}, {"reason", "known device"}, {"extra", {1, 2}}});
+  EXPECT_TRUE(d.allow);
+  EXPECT_NE(d.reason.find("known device"), std::string::npos);
+  d = DecideAllow(Json{{"allow", false}, {"reason", "serial blocked"}});
+  EXPECT_FALSE(d.allow);
+  EXPECT_NE(d.reason.find("serial blocked"), std::string::npos);
+  // A long reason is cut, never in the middle of a UTF-8 sequence.
+  std::string euro_wall;
+  for (int i = 0; i < 200; ++i) euro_wall += "\xe2\x82\xac";
+  d = DecideAllow(Json{{"allow", false}, {"reason", euro_wall}});
+  EXPECT_FALSE(d.allow);
+  EXPECT_LT(d.reason.size(), 300u);
+  EXPECT_NO_THROW((void)Json(d.reason).dump()) << "still valid UTF-8";
+}
+
+TEST(AllowHookTest, EnrollInputsFollowTheDocumentedContract) {
+  EnrollHookInput in;
+  in.event = std::string(kHookEventPreEnroll);
+  in.method = std::string(kEnrollMethodToken);
+  in.thing_name = "gw-1";
+  in.csr_subject = "CN=gw-1";
+  in.csr_public_key_type = "ec-p256";
+  in.remote_address = "192.0.2.1:4000";
+  Json j = BuildEnrollHookInput(in);
+  EXPECT_EQ(j, (Json{{"event", "pre-enroll"}, {"method", "token"}, {"thingName", "gw-1"}, {"csrSubject", "CN=gw-1"},
+                     {"csrPublicKeyType", "ec-p256"}, {"remoteAddress", "192.0.2.1:4000"},
+                     {"labels", Json::array()}}));
+  in.client_certificate_id = std::string(64, 'c');
+  in.labels = {"fleet-a"};
+  j = BuildEnrollHookInput(in);
+  EXPECT_EQ(j["clientCertificateId"], std::string(64, 'c'));
+  EXPECT_EQ(j["labels"], Json::array({"fleet-a"}));
+
+  IssuedHookInput post;
+  post.event = std::string(kHookEventPostReenroll);
+  post.method = std::string(kEnrollMethodReenroll);
+  post.thing_name = "gw-1";
+  post.certificate_id = std::string(64, 'a');
+  post.serial = "0A1B";
+  post.not_after = kStart;
+  Json p = BuildIssuedHookInput(post);
+  EXPECT_EQ(p, (Json{{"event", "post-reenroll"}, {"method", "reenroll"}, {"thingName", "gw-1"},
+                     {"certificateId", std::string(64, 'a')}, {"serial", "0A1B"},
+                     {"notAfter", "2026-01-01T00:00:00Z"}}));
+  post.previous_certificate_id = std::string(64, 'b');
+  EXPECT_EQ(BuildIssuedHookInput(post)["previousCertificateId"], std::string(64, 'b'));
 }
 
 // ---- the packaged example hook ----

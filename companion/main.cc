@@ -8,6 +8,7 @@
 #include <curl/curl.h>
 
 #include "companion/est_server.h"
+#include "companion/hook_set.h"
 #include "companion/provisioning_service.h"
 #include "shared/mqtt/client.h"
 #include "shared/x509/cert.h"
@@ -26,18 +27,9 @@ int Fail(const sh::Status& st) {
   return 1;
 }
 
-sh::Result<std::optional<cf::companion::HookSpec>> HookFrom(const std::vector<std::string>& argv,
-                                                           std::chrono::seconds timeout) {
-  if (argv.empty()) return std::optional<cf::companion::HookSpec>();
-  cf::companion::HookConfig hc;
-  hc.command = argv;
-  hc.timeout = timeout;
-  CF_ASSIGN_OR_RETURN(cf::companion::HookSpec spec, cf::companion::ParseHookSpec(hc));
-  return std::optional<cf::companion::HookSpec>(std::move(spec));
-}
-
 sh::Result<std::unique_ptr<cf::companion::ProvisioningService>> MakeProvisioning(cf::companion::CompanionState& state,
                                                                                  cf::companion::HookRunner& hooks,
+                                                                                 const cf::companion::HookSet& hook_set,
                                                                                  sh::Logger& log) {
   const auto& pc = state.config.provisioning;
   cf::companion::ProvisioningOptions o;
@@ -46,8 +38,8 @@ sh::Result<std::unique_ptr<cf::companion::ProvisioningService>> MakeProvisioning
     CF_ASSIGN_OR_RETURN(o.templates, cf::companion::LoadTemplateDir(pc.template_dir, fs));
   }
   if (o.templates.empty()) log.Warn("no provisioning templates", {{"dir", pc.template_dir}});
-  CF_ASSIGN_OR_RETURN(o.pre_provision_hook, HookFrom(pc.pre_provision_hook, pc.hook_timeout));
-  CF_ASSIGN_OR_RETURN(o.post_provision_hook, HookFrom(pc.post_provision_hook, pc.hook_timeout));
+  o.pre_provision_hook = hook_set.pre_provision;
+  o.post_provision_hook = hook_set.post_provision;
   o.allow_create_keys = pc.allow_create_keys;
   o.ownership_token_ttl = pc.ownership_token_ttl;
   CF_ASSIGN_OR_RETURN(o.dialect, sh::ParseDialect(pc.dialect));
@@ -72,6 +64,10 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
   auto tls_key = state->keys->Load(cfg->est.tls_key_slot);
   if (!tls_key) return Fail(tls_key.error().WithContext("EST TLS key"));
 
+  // Every configured hook is checked now (executables, secret files), not at first use.
+  auto hook_set = cf::companion::BuildHookSet(cfg->hooks);
+  if (!hook_set) return Fail(hook_set.error().WithContext(config_path));
+
   // Signals are handled by one thread with sigwait; block them everywhere else first.
   sigset_t signals;
   sigemptyset(&signals);
@@ -87,7 +83,7 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
   std::unique_ptr<cf::hal::KeyHandle> mqtt_key;
   std::unique_ptr<sh::MqttClient> mqtt;
   if (cfg->mqtt.enabled) {
-    auto prov = MakeProvisioning(*state, hooks, log);
+    auto prov = MakeProvisioning(*state, hooks, *hook_set, log);
     if (!prov) return Fail(prov.error());
     provisioning = std::move(*prov);
     auto key = state->keys->Load(cfg->mqtt.client_key_slot);
@@ -114,7 +110,8 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
                                             {"dialect", cfg->provisioning.dialect}});
   }
 
-  cf::companion::EstService service(*state, sh::SystemClock::Instance(), log);
+  cf::companion::EstService service(*state, sh::SystemClock::Instance(), log,
+                                    cf::companion::EstHooks{&hooks, *hook_set});
   cf::companion::EstServer server(service, state->config.est, *tls_chain, (*tls_key)->pkey(), log);
   auto bound = server.Bind();
   if (!bound) return Fail(bound.error());

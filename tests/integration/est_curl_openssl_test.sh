@@ -122,4 +122,42 @@ check_eq "one current certificate for gw-ec" 1 "$(python3 -c "import json; print
 check_eq "things recorded" "gw-claimed gw-cvm gw-ec gw-rsa" "$(python3 -c "import json; print(' '.join(t['thingName'] for t in json.load(open('things.json'))))")"
 check "no token appears in the companion log" bash -c "! grep -qF '$TOKEN' '$WORK/companion.log'"
 
+# A [hooks.pre_enroll] hook that denies: simpleenroll is 403 and the one-time token stays unused;
+# once the hook allows (config changed, companion restarted) the same token enrolls.
+stop_companion
+mkdir -p hooks
+printf '#!/bin/sh\ncat >/dev/null\necho '"'"'{"allow": false, "reason": "integration test says no"}'"'"'\n' >hooks/deny
+printf '#!/bin/sh\ncat >/dev/null\necho '"'"'{"allow": true}'"'"'\n' >hooks/allow
+chmod 0755 hooks/deny hooks/allow
+cat >>"$COMPANION_CONFIG" <<TOML
+
+[hooks.pre_enroll]
+command = ["$WORK/hooks/deny"]
+timeout = "5s"
+TOML
+start_companion "$WORK/state"
+URL=https://$COMPANION_ADDR/.well-known/est
+HOOK_TOKEN=$("$CTL" --config "$COMPANION_CONFIG" token create --serial gw-hook 2>/dev/null)
+make_csr ec gw-hook hook.csr.b64 hook.key
+check_eq "pre-enroll hook deny is 403" 403 "$(http_status --cacert root.pem -u "gw-hook:$HOOK_TOKEN" -H 'Content-Type: application/pkcs10' --data-binary @hook.csr.b64 "$URL/simpleenroll")"
+check "the denial names the policy" grep -q "denied by policy" body.out
+check_eq "the denial is a hook_denied security event" 1 "$(sqlite3 state/registry.sqlite3 "SELECT count(*) FROM security_events WHERE kind = 'hook_denied' AND detail LIKE '%integration test says no%'")"
+check_eq "nothing was issued for gw-hook" 0 "$(sqlite3 state/registry.sqlite3 "SELECT count(*) FROM certificates WHERE thing_name = 'gw-hook'")"
+stop_companion
+sed -i "s|\"$WORK/hooks/deny\"|\"$WORK/hooks/allow\"|" "$COMPANION_CONFIG"
+start_companion "$WORK/state"
+URL=https://$COMPANION_ADDR/.well-known/est
+check_eq "the same token enrolls once the hook allows" 200 "$(http_status --cacert root.pem -u "gw-hook:$HOOK_TOKEN" -H 'Content-Type: application/pkcs10' --data-binary @hook.csr.b64 "$URL/simpleenroll")"
+check_eq "and only once" 401 "$(http_status --cacert root.pem -u "gw-hook:$HOOK_TOKEN" -H 'Content-Type: application/pkcs10' --data-binary @hook.csr.b64 "$URL/simpleenroll")"
+stop_companion
+
+# A hook that cannot run stops the companion at startup, naming the table.
+sed -i "s|\"$WORK/hooks/allow\"|\"$WORK/hooks/missing\"|" "$COMPANION_CONFIG"
+check_fails "a missing hook executable fails startup" bash -c "timeout 20 '$COMPANION' serve --config '$COMPANION_CONFIG' --est-listen 127.0.0.1:0 >'$WORK/startup.err' 2>&1"
+check "the startup error names the table" grep -qF "[hooks.pre_enroll]" "$WORK/startup.err"
+chmod 0775 hooks/allow
+sed -i "s|\"$WORK/hooks/missing\"|\"$WORK/hooks/allow\"|" "$COMPANION_CONFIG"
+check_fails "a group-writable hook executable fails startup" bash -c "timeout 20 '$COMPANION' serve --config '$COMPANION_CONFIG' --est-listen 127.0.0.1:0 >'$WORK/startup.err' 2>&1"
+check "the startup error says why" grep -q "writable by group or others" "$WORK/startup.err"
+
 finish

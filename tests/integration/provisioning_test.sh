@@ -18,8 +18,8 @@ enabled = true
 host = "127.0.0.1"
 port = $THINGS_PORT
 
-[provisioning]
-pre_provision_hook = ["$HERE/../../packaging/hooks/allow-list-hook", "$WORK/serials.txt"]
+[hooks.pre_provision]
+command = ["$HERE/../../packaging/hooks/allow-list-hook", "$WORK/serials.txt"]
 TOML
 printf 'SN-0001\nSN-0002\nSN-0003\nSN-0004\n' >serials.txt
 mkdir -p state/templates
