@@ -64,6 +64,15 @@ struct ProvisioningConfig {
   int workers = 2;
 };
 
+// One [[claims]] table: which claim certificates may call which provisioning templates.
+// `certfleetctl broker-config` turns these into claim-policy.json for the broker plugin.
+struct ClaimConfig {
+  std::string name;                       // 1-64 of A-Z a-z 0-9 . _ -, unique
+  std::string ca_file;                    // PEM: CAs that directly issue these claim certificates
+  std::vector<std::string> fingerprints;  // SHA-256 of a claim certificate's DER, lowercase hex
+  std::vector<std::string> templates;     // template names, or "*" for all
+};
+
 struct CompanionConfig {
   std::string state_dir;
   EstConfig est;
@@ -72,6 +81,7 @@ struct CompanionConfig {
   TokenConfig tokens;
   MqttConfig mqtt;
   ProvisioningConfig provisioning;
+  std::vector<ClaimConfig> claims;  // empty: the broker's claim listener has no claim policy
   hal::KeyStoreConfig keystore;
   std::string registry_path;
   std::string log_level = "info";
