@@ -7,17 +7,21 @@
 //   plugin /usr/lib/x86_64-linux-gnu/certfleet/certfleet_mosquitto_claim.so
 //   plugin_opt_policy_file /etc/certfleet/broker/claim-policy.json
 //
-// How mosquitto 2.0.11 combines it with acl_file (found by running the broker; see
-// tests/integration/claim_policy_test.sh and docs/provisioning.md):
+// How mosquitto 2.0.11 combines it with acl_file, found by running the broker (a throwaway
+// plugin that always allowed, and this one; tests/integration/claim_policy_test.sh keeps
+// the parts this plugin relies on):
 // - With `per_listener_settings true`, `plugin` and the `plugin_opt_*` lines after it
-//   belong to the listener they follow; the plugin sees ACL checks of that listener's
-//   clients only. mosquitto_plugin_init runs once per `plugin` line.
-// - The broker asks the ACL_CHECK callbacks of the listener in order and stops at the
-//   first answer that is not MOSQ_ERR_PLUGIN_DEFER. Plugins register before the
-//   listener's acl_file, so MOSQ_ERR_SUCCESS from the plugin would bypass acl_file.
-//   This plugin therefore never allows: it answers MOSQ_ERR_ACL_DENIED or
-//   MOSQ_ERR_PLUGIN_DEFER, and acl_file decides whatever it defers. An access is granted
-//   only if both agree. (When every callback defers, the broker denies.)
+//   belong to the listener they follow: clients of the other listeners never reach the
+//   plugin. mosquitto_plugin_init runs once per `plugin` line, with that line's options.
+// - The broker asks the listener's ACL_CHECK callbacks in order and stops at the first
+//   answer that is not MOSQ_ERR_PLUGIN_DEFER; plugins come before the listener's acl_file.
+//   A plugin answering MOSQ_ERR_SUCCESS bypasses acl_file (the always-allow plugin let a
+//   claim client publish to certfleet/things/x, which claim.acl refuses). So this plugin
+//   never allows: it answers MOSQ_ERR_ACL_DENIED or MOSQ_ERR_PLUGIN_DEFER, and acl_file
+//   decides whatever it defers: an access is granted only if both allow it. (If every
+//   callback defers, the broker denies: mosquitto_plugin.h.)
+// - A non-zero return from mosquitto_plugin_init stops the broker at start
+//   ("Error: Plugin returned 3 when initialising."), after our own log line.
 // - On SIGHUP the broker sends MOSQ_EVT_RELOAD with the plugin's options; the plugin
 //   re-reads the policy file then and keeps the old policy if the new one is invalid.
 //
