@@ -2,6 +2,7 @@
 
 #include <openssl/pem.h>
 
+#include "companion/broker_plugin/claim_policy.h"
 #include "shared/core/config.h"
 #include "shared/x509/cert.h"
 #include "shared/x509/openssl_error.h"
@@ -16,7 +17,8 @@ namespace {
 constexpr auto kIdentityValidity = std::chrono::hours(24 * 365);
 
 std::string ListenerBlock(const std::string& what, const std::string& address, int port, const std::string& dir,
-                          const std::string& cafile, bool with_crl, const std::string& acl) {
+                          const std::string& cafile, bool with_crl, const std::string& acl,
+                          const std::string& extra = "") {
   std::string out;
   out += "# " + what + "\n";
   out += "listener " + std::to_string(port) + " " + address + "\n";
@@ -29,11 +31,30 @@ std::string ListenerBlock(const std::string& what, const std::string& address, i
   out += "require_certificate true\n";
   out += "use_identity_as_username true\n";
   out += "allow_anonymous false\n";
-  out += "acl_file " + sh::JoinPath(dir, acl) + "\n\n";
+  out += "acl_file " + sh::JoinPath(dir, acl) + "\n";
+  out += extra + "\n";
   return out;
 }
 
 }  // namespace
+
+std::string DefaultClaimPluginPath() { return CERTFLEET_CLAIM_PLUGIN_PATH; }
+
+Result<std::string> ClaimPolicyJson(const std::vector<ClaimConfig>& claims, sh::Filesystem& fs) {
+  broker_plugin::ClaimPolicy policy;
+  for (const ClaimConfig& c : claims) {
+    std::string pem;
+    if (!c.ca_file.empty()) {
+      CF_ASSIGN_OR_RETURN(pem, fs.ReadFile(c.ca_file, 1 << 20).map_error([&](const Status& st) {
+        return st.WithContext("claim '" + c.name + "' ca_file");
+      }));
+    }
+    CF_ASSIGN_OR_RETURN(broker_plugin::ClaimRule rule,
+                        broker_plugin::MakeClaimRule(c.name, pem, c.fingerprints, c.templates));
+    policy.rules.push_back(std::move(rule));
+  }
+  return broker_plugin::ClaimPolicyToJson(policy);
+}
 
 std::string ThingsAcl(const std::string& companion_client_id) {
   return "# Things (username = certificate CN = thing name): their own subtree only.\n"
@@ -110,8 +131,23 @@ Status WriteBrokerConfig(const BrokerConfigOptions& o, CompanionState& state, sh
                      "set_tcp_nodelay true\n\n";
   conf += ListenerBlock("Things: production identities issued by the companion's CA.", o.listen_address,
                         o.things_port, o.out_dir, "things-ca.pem", true, "things.acl");
+  // Claim rules: the plugin denies what the rules do not allow and defers the rest to
+  // claim.acl, so a request passes only if both allow it.
+  std::string claim_plugin;
+  if (!state.config.claims.empty()) {
+    CF_RETURN_IF_ERROR(sh::CheckAbsolutePath(o.claim_plugin_path).WithContext("--claim-plugin"));
+    CF_ASSIGN_OR_RETURN(std::string policy, ClaimPolicyJson(state.config.claims, fs));
+    const std::string policy_path = sh::JoinPath(o.out_dir, "claim-policy.json");
+    CF_RETURN_IF_ERROR(fs.WriteFileAtomic(policy_path, policy, 0644));
+    claim_plugin = "# Claim rules ([[claims]] in companion.toml): which claim certificates may call which templates.\n"
+                   "plugin " + o.claim_plugin_path + "\n"
+                   "plugin_opt_policy_file " + policy_path + "\n";
+  } else {
+    log.Warn("no [[claims]] in the companion config: every certificate of the claim CAs may call every template",
+             {{"config", "claims"}});
+  }
   conf += ListenerBlock("Claim identities: provisioning only.", o.listen_address, o.claim_port, o.out_dir,
-                        "claim-ca.pem", false, "claim.acl");
+                        "claim-ca.pem", false, "claim.acl", claim_plugin);
   CF_RETURN_IF_ERROR(fs.WriteFileAtomic(sh::JoinPath(o.out_dir, "mosquitto.conf"), conf, 0644));
 
   // The companion's own MQTT identity: key kept across re-runs, certificate renewed.
@@ -125,7 +161,8 @@ Status WriteBrokerConfig(const BrokerConfigOptions& o, CompanionState& state, sh
                                         sh::CertToPem(client_cert.get()) + state.issuer->IntermediatesPem(), 0644));
   log.Info("wrote broker configuration", {{"dir", o.out_dir},
                                           {"things_port", std::to_string(o.things_port)},
-                                          {"claim_port", std::to_string(o.claim_port)}});
+                                          {"claim_port", std::to_string(o.claim_port)},
+                                          {"claim_rules", std::to_string(state.config.claims.size())}});
   return Status::Ok();
 }
 

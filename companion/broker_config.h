@@ -10,6 +10,11 @@
 //   things-ca.pem    root + issuing CA;  claim-ca.pem: the bootstrap trust file
 //   crl.pem          CRL of the issuing CA (revoked certificates in the registry)
 //   things.acl, claim.acl
+//   claim-policy.json  only with [[claims]] in companion.toml: the claim rules, enforced on
+//                    the claim listener by the certfleet mosquitto plugin (plugin line
+//                    added to that listener; see companion/broker_plugin/). Without claim
+//                    rules the claim listener has no plugin, as before: every certificate
+//                    of the claim CAs may call every template its claimSubjects allow.
 //
 // It also gives the companion its own MQTT client identity (key slot mqtt.client_key_slot,
 // certificate mqtt.client_cert_file, CN mqtt.client_id). Re-running replaces the
@@ -26,6 +31,9 @@
 
 namespace certfleet::companion {
 
+// Where the package installs the claim-policy plugin (LIBDIR/certfleet/certfleet_mosquitto_claim.so).
+std::string DefaultClaimPluginPath();
+
 struct BrokerConfigOptions {
   std::string out_dir;
   std::string listen_address = "127.0.0.1";
@@ -33,6 +41,7 @@ struct BrokerConfigOptions {
   int claim_port = 8884;
   std::vector<std::string> hostnames = {"localhost", "127.0.0.1"};
   std::chrono::seconds crl_validity = std::chrono::hours(24 * 30);
+  std::string claim_plugin_path = DefaultClaimPluginPath();  // used only with [[claims]]
 };
 
 // `state` needs its issuer and registry. kFailedPrecondition without a bootstrap
@@ -46,5 +55,9 @@ shared::Result<std::string> MakeCrlPem(CompanionState& state, const shared::Cloc
 // The ACL texts (exposed for tests).
 std::string ThingsAcl(const std::string& companion_client_id);
 std::string ClaimAcl();
+
+// claim-policy.json for `claims`, reading each ca_file through `fs`. kInvalidArgument (naming
+// the claim) when a CA file holds no valid certificate; kNotFound etc. from reading it.
+shared::Result<std::string> ClaimPolicyJson(const std::vector<ClaimConfig>& claims, shared::Filesystem& fs);
 
 }  // namespace certfleet::companion

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "companion/broker_plugin/claim_policy.h"
 #include "companion/ca.h"
 #include "companion/config.h"
 #include "companion/init.h"
@@ -293,6 +294,47 @@ TEST_F(BrokerConfigTest, RelativeOutDirIsRefused) {
   Status st = Write();
   EXPECT_FALSE(st.ok());
   EXPECT_EQ(st.code(), Code::kInvalidArgument) << st.ToString();
+}
+
+TEST_F(BrokerConfigTest, WithoutClaimRulesTheClaimListenerHasNoPlugin) {
+  ASSERT_TRUE(Write().ok());
+  std::string conf = Read("mosquitto.conf");
+  EXPECT_EQ(conf.find("plugin"), std::string::npos) << conf;
+  EXPECT_FALSE(fs_.ReadFile(options_.out_dir + "/claim-policy.json", 1 << 20));
+}
+
+TEST_F(BrokerConfigTest, ClaimRulesBecomeThePolicyAndThePluginOnTheClaimListener) {
+  const std::string fp(64, 'c');
+  state_->config.claims = {{"factory", ClaimTrustPath(), {}, {"gateway"}}, {"pinned", "", {fp}, {"*"}}};
+  options_.claim_plugin_path = "/opt/certfleet/certfleet_mosquitto_claim.so";
+  ASSERT_TRUE(Write().ok());
+  std::string conf = Read("mosquitto.conf");
+  std::string things = Section(conf, "listener 18883", "listener 18884");
+  std::string claim = Section(conf, "listener 18884", "\nlistener ");
+  EXPECT_EQ(things.find("plugin"), std::string::npos) << conf;
+  EXPECT_TRUE(HasLine(claim, "plugin /opt/certfleet/certfleet_mosquitto_claim.so")) << conf;
+  EXPECT_TRUE(HasLine(claim, "plugin_opt_policy_file " + options_.out_dir + "/claim-policy.json")) << conf;
+
+  auto policy = broker_plugin::ParseClaimPolicy(Read("claim-policy.json"));
+  ASSERT_TRUE(policy) << policy.error().ToString();
+  ASSERT_EQ(policy->rules.size(), 2u);
+  EXPECT_EQ(policy->rules[0].name, "factory");
+  ASSERT_EQ(policy->rules[0].issuer_pems.size(), 1u);
+  EXPECT_EQ(policy->rules[0].issuer_pems[0], claim_ca_pem_);
+  EXPECT_EQ(policy->rules[0].templates, std::vector<std::string>{"gateway"});
+  EXPECT_EQ(policy->rules[1].fingerprints, std::vector<std::string>{fp});
+}
+
+TEST_F(BrokerConfigTest, ClaimRuleWithAnUnreadableOrEmptyCaFileIsRefused) {
+  state_->config.claims = {{"factory", dir_.path() + "/missing.pem", {}, {"gateway"}}};
+  Status st = Write();
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("claim 'factory'"), std::string::npos) << st.ToString();
+  ASSERT_TRUE(fs_.WriteFileAtomic(dir_.path() + "/garbage.pem", "not a certificate", 0644).ok());
+  state_->config.claims = {{"factory", dir_.path() + "/garbage.pem", {}, {"gateway"}}};
+  st = Write();
+  EXPECT_EQ(st.code(), Code::kInvalidArgument) << st.ToString();
+  EXPECT_NE(st.message().find("rule 'factory'"), std::string::npos) << st.ToString();
 }
 
 }  // namespace

@@ -62,6 +62,62 @@ void AddHookTable(ConfigSchema<C>& s, const HookTable& t) {
   s.Add(prefix + "max_output_bytes", sh::IntValue<C>([hook](C& c) -> auto& { return hook(c).max_output_bytes; }, 2, 16 << 20));
 }
 
+Status CheckRuleName(const std::string& s) {
+  if (s.empty() || s.size() > 64 || s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") != std::string::npos) {
+    return Status(Code::kInvalidArgument, "bad claim name '" + s + "' (1-64 of A-Z a-z 0-9 - _ .)");
+  }
+  return Status::Ok();
+}
+
+Status CheckFingerprint(const std::string& s) {
+  if (s.size() != 64 || s.find_first_not_of("0123456789abcdef") != std::string::npos) {
+    return Status(Code::kInvalidArgument, "a fingerprint is 64 lowercase hex characters (SHA-256 of the certificate DER)");
+  }
+  return Status::Ok();
+}
+
+Status CheckTemplateOrAny(const std::string& s) {
+  if (s == "*" || (!s.empty() && s.size() <= 36 &&
+                   s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_") == std::string::npos)) {
+    return Status::Ok();
+  }
+  return Status(Code::kInvalidArgument, "bad template '" + s + "' (\"*\" or 1-36 of A-Z a-z 0-9 - _)");
+}
+
+const ConfigSchema<ClaimConfig>& ClaimSchema() {
+  static const ConfigSchema<ClaimConfig> schema = [] {
+    using K = ClaimConfig;
+    ConfigSchema<K> s;
+    s.Add("name", sh::StringValue<K>([](K& c) -> auto& { return c.name; }, CheckRuleName));
+    s.Add("ca_file", sh::StringValue<K>([](K& c) -> auto& { return c.ca_file; }, sh::CheckAbsolutePath));
+    s.Add("fingerprints", sh::StringListValue<K>([](K& c) -> auto& { return c.fingerprints; }, CheckFingerprint));
+    s.Add("templates", sh::StringListValue<K>([](K& c) -> auto& { return c.templates; }, CheckTemplateOrAny));
+    return s;
+  }();
+  return schema;
+}
+
+Status SetClaims(const sh::ConfigValue& v, C& c) {
+  auto claims = ClaimSchema().ParseTableList(v, ClaimConfig{});
+  if (!claims) return claims.error();
+  for (size_t i = 0; i < claims->size(); ++i) {
+    const ClaimConfig& k = (*claims)[i];
+    std::string where = "claims[" + std::to_string(i) + "]";
+    if (k.name.empty()) return Status(Code::kInvalidArgument, where + ": name is required");
+    if (k.ca_file.empty() && k.fingerprints.empty()) {
+      return Status(Code::kInvalidArgument, where + " ('" + k.name + "'): set ca_file, fingerprints or both");
+    }
+    if (k.templates.empty()) {
+      return Status(Code::kInvalidArgument, where + " ('" + k.name + "'): templates is required (names, or [\"*\"])");
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if ((*claims)[j].name == k.name) return Status(Code::kInvalidArgument, "duplicate claim name '" + k.name + "'");
+    }
+  }
+  c.claims = std::move(*claims);
+  return Status::Ok();
+}
+
 const ConfigSchema<C>& Schema() {
   static const ConfigSchema<C> schema = [] {
     using namespace std::chrono;
@@ -105,6 +161,7 @@ const ConfigSchema<C>& Schema() {
           }));
     s.Add("provisioning.workers", sh::IntValue<C>([](C& c) -> auto& { return c.provisioning.workers; }, 1, 64));
     for (const HookTable& t : kHookTables) AddHookTable(s, t);
+    s.Add("claims", SetClaims);
     s.Add("keystore.backend", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.backend; }));
     s.Add("keystore.dir", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.dir; }, sh::CheckAbsolutePath));
     s.Add("registry.path", sh::StringValue<C>([](C& c) -> auto& { return c.registry_path; }, sh::CheckAbsolutePath));

@@ -90,6 +90,15 @@ inline constexpr HookTable kHookTables[] = {
     {"post_reenroll", kHookEventPostReenroll, &HooksConfig::post_reenroll},
 };
 
+// One [[claims]] table: which claim certificates may call which provisioning templates.
+// `certfleetctl broker-config` turns these into claim-policy.json for the broker plugin.
+struct ClaimConfig {
+  std::string name;                       // 1-64 of A-Z a-z 0-9 . _ -, unique
+  std::string ca_file;                    // PEM: CAs that directly issue these claim certificates
+  std::vector<std::string> fingerprints;  // SHA-256 of a claim certificate's DER, lowercase hex
+  std::vector<std::string> templates;     // template names, or "*" for all
+};
+
 struct CompanionConfig {
   std::string state_dir;
   EstConfig est;
@@ -99,6 +108,7 @@ struct CompanionConfig {
   MqttConfig mqtt;
   ProvisioningConfig provisioning;
   HooksConfig hooks;
+  std::vector<ClaimConfig> claims;  // empty: the broker's claim listener has no claim policy
   hal::KeyStoreConfig keystore;
   std::string registry_path;
   std::string log_level = "info";

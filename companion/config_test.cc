@@ -125,6 +125,43 @@ TEST(CompanionConfigTest, EveryKeyCanBeSet) {
   EXPECT_EQ(cfg->tokens.max_ttl, hours(24 * 365));
 }
 
+TEST(CompanionConfigTest, ClaimRulesAreAnArrayOfTables) {
+  const std::string fp(64, 'e');
+  auto cfg = Parse(WithStateDir("[[claims]]\nname = \"factory-a\"\nca_file = \"/etc/certfleet/a.pem\"\n"
+                                "templates = [\"gateway\"]\n\n[[claims]]\nname = \"pinned\"\n"
+                                "fingerprints = [\"" + fp + "\"]\ntemplates = [\"*\"]\n"));
+  ASSERT_TRUE(cfg) << cfg.error().ToString();
+  ASSERT_EQ(cfg->claims.size(), 2u);
+  EXPECT_EQ(cfg->claims[0].name, "factory-a");
+  EXPECT_EQ(cfg->claims[0].ca_file, "/etc/certfleet/a.pem");
+  EXPECT_TRUE(cfg->claims[0].fingerprints.empty());
+  EXPECT_EQ(cfg->claims[0].templates, std::vector<std::string>{"gateway"});
+  EXPECT_EQ(cfg->claims[1].fingerprints, std::vector<std::string>{fp});
+  EXPECT_EQ(cfg->claims[1].templates, std::vector<std::string>{"*"});
+  auto none = Parse(WithStateDir(""));
+  ASSERT_TRUE(none);
+  EXPECT_TRUE(none->claims.empty());
+}
+
+TEST(CompanionConfigTest, BadClaimRulesAreRefused) {
+  const std::string fp(64, 'e');
+  ExpectError(WithStateDir("claims = 1\n"), {"claims", "array of tables"});
+  ExpectError(WithStateDir("[[claims]]\nname = \"a\"\ntemplates = [\"*\"]\n"), {"ca_file, fingerprints"});
+  ExpectError(WithStateDir("[[claims]]\nname = \"a\"\nca_file = \"/a.pem\"\n"), {"templates is required"});
+  ExpectError(WithStateDir("[[claims]]\nca_file = \"/a.pem\"\ntemplates = [\"*\"]\n"), {"name is required"});
+  ExpectError(WithStateDir("[[claims]]\nname = \"a\"\nca_file = \"a.pem\"\ntemplates = [\"*\"]\n"),
+              {"ca_file", "absolute path", "line 4"});
+  ExpectError(WithStateDir("[[claims]]\nname = \"a\"\nfingerprints = [\"AB\"]\ntemplates = [\"*\"]\n"),
+              {"fingerprints", "64 lowercase hex"});
+  ExpectError(WithStateDir("[[claims]]\nname = \"a\"\nca_file = \"/a.pem\"\ntemplates = [\"a/b\"]\n"),
+              {"bad template"});
+  ExpectError(WithStateDir("[[claims]]\nname = \"a\"\nca_file = \"/a.pem\"\ntemplates = [\"*\"]\ncafile = \"/b\"\n"),
+              {"unknown key 'cafile'"});
+  ExpectError(WithStateDir("[[claims]]\nname = \"a\"\nca_file = \"/a.pem\"\ntemplates = [\"*\"]\n"
+                           "[[claims]]\nname = \"a\"\nfingerprints = [\"" + fp + "\"]\ntemplates = [\"*\"]\n"),
+              {"duplicate claim name 'a'"});
+}
+
 TEST(CompanionConfigTest, UnknownKeyNamesFileAndLine) {
   ExpectError("state_dir = \"/s\"\n\n[est]\nlisten = \"127.0.0.1:1\"\nlistne = \"127.0.0.1:2\"\n",
               {kSource + ":5:", "unknown key 'est.listne'"});

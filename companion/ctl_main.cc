@@ -91,6 +91,9 @@ int main(int argc, char** argv) {
   broker_config->add_option("--listen", broker.listen_address, "address the listeners bind (default 127.0.0.1)");
   broker_config->add_option("--port", broker.things_port, "things listener port (default 8883)")->check(CLI::Range(1, 65535));
   broker_config->add_option("--claim-port", broker.claim_port, "claim listener port (default 8884)")->check(CLI::Range(1, 65535));
+  broker_config->add_option("--claim-plugin", broker.claim_plugin_path,
+                            "the claim-policy mosquitto plugin, used when [[claims]] are configured (default " +
+                                cf::companion::DefaultClaimPluginPath() + ")");
   broker_config->add_option("--hostname", broker_hostnames, "names the broker certificate covers (repeatable)");
 
   CLI11_PARSE(app, argc, argv);

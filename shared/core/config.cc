@@ -68,6 +68,39 @@ Result<std::vector<std::string>> ConfigValue::AsStringList() const {
   return out;
 }
 
+Result<size_t> ConfigValue::TableCount() const {
+  const toml::array* arr = node_.as_array();
+  if (arr == nullptr || !arr->is_array_of_tables()) {
+    return Error(Code::kInvalidArgument, "expected an array of tables ([[...]]), got " + TypeName(node_));
+  }
+  return arr->size();
+}
+
+Status ConfigValue::ForEachTableLeaf(
+    const std::function<Status(size_t, const std::string&, const ConfigValue&)>& visit) const {
+  auto count = TableCount();
+  if (!count) return count.error();
+  const toml::array& arr = *node_.as_array();
+  for (size_t i = 0; i < arr.size(); ++i) {
+    std::function<Status(const toml::table&, const std::string&)> walk = [&](const toml::table& t,
+                                                                             const std::string& prefix) {
+      for (const auto& [key, node] : t) {
+        std::string full = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
+        Status st = node.is_table() ? walk(*node.as_table(), full) : visit(i, full, ConfigValue(node));
+        if (!st.ok()) {
+          if (node.is_table()) return st;
+          const auto& b = node.source().begin;
+          return st.WithContext("line " + std::to_string(b.line) + ", column " + std::to_string(b.column));
+        }
+      }
+      return Status::Ok();
+    };
+    Status st = walk(*arr[i].as_table(), "");
+    if (!st.ok()) return st;
+  }
+  return Status::Ok();
+}
+
 namespace config_internal {
 
 Status Walk(std::string_view text, const std::string& source,

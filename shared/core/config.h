@@ -35,6 +35,13 @@ class ConfigValue {
   Result<bool> AsBool() const;
   Result<double> AsDouble() const;
   Result<std::vector<std::string>> AsStringList() const;
+  // For an array of tables ([[name]] in TOML): the number of tables, or kInvalidArgument
+  // if the value is anything else.
+  Result<size_t> TableCount() const;
+  // Calls visit(index, dotted key inside the table, value) for every leaf of every table
+  // of an array of tables. A failed visit ends the walk; its Status is returned with the
+  // leaf's "line L, column C" prepended.
+  Status ForEachTableLeaf(const std::function<Status(size_t, const std::string&, const ConfigValue&)>& visit) const;
 
  private:
   const toml::node& node_;
@@ -80,6 +87,20 @@ class ConfigSchema {
     });
     if (!st.ok()) return Error(st);
     return defaults;
+  }
+  // Parses an array of tables ([[name]] in TOML), each on top of `defaults`, with this
+  // schema's keys.
+  Result<std::vector<T>> ParseTableList(const ConfigValue& value, const T& defaults) const {
+    auto count = value.TableCount();
+    if (!count) return Error(count.error());
+    std::vector<T> out(*count, defaults);
+    Status st = value.ForEachTableLeaf([&](size_t index, const std::string& key, const ConfigValue& v) {
+      auto it = setters_.find(key);
+      if (it == setters_.end()) return Status(Code::kInvalidArgument, "unknown key '" + key + "'");
+      return it->second(v, out[index]).WithContext("key '" + key + "'");
+    });
+    if (!st.ok()) return Error(st);
+    return out;
   }
   std::vector<std::string> Keys() const {
     std::vector<std::string> keys;
