@@ -295,5 +295,14 @@ TEST_F(BrokerConfigTest, RelativeOutDirIsRefused) {
   EXPECT_EQ(st.code(), Code::kInvalidArgument) << st.ToString();
 }
 
+TEST(ThingsAclTest, RotationRequestIsReadOnlyForTheThing) {
+  std::string acl = ThingsAcl("certfleet-companion");
+  EXPECT_NE(acl.find("pattern read certfleet/things/%u/rotation/request\n"), std::string::npos);
+  EXPECT_NE(acl.find("pattern write certfleet/things/%u/rotation/ack\n"), std::string::npos);
+  EXPECT_NE(acl.find("pattern readwrite certfleet/things/%u/+\n"), std::string::npos);
+  // A multi-level grant would also grant writing the request (grants are a union).
+  EXPECT_EQ(acl.find("certfleet/things/%u/#"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace certfleet::companion
