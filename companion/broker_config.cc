@@ -57,8 +57,17 @@ Result<std::string> ClaimPolicyJson(const std::vector<ClaimConfig>& claims, sh::
 }
 
 std::string ThingsAcl(const std::string& companion_client_id) {
+  // mosquitto 2.0's acl_file grants are a union (the first line that matches the topic
+  // and grants the access wins) and "deny" refuses every access, read included. So a
+  // "readwrite .../%u/#" line cannot coexist with a read-only rotation/request: the
+  // thing's own levels are granted one by one instead, and nothing deeper than one level
+  // outside rotation/ is granted.
   return "# Things (username = certificate CN = thing name): their own subtree only.\n"
-         "pattern readwrite certfleet/things/%u/#\n\n"
+         "# The rotation request is the companion's to set and clear: read only.\n"
+         "pattern read certfleet/things/%u/rotation/request\n"
+         "pattern write certfleet/things/%u/rotation/ack\n"
+         "# status and any other single-level topic of its own.\n"
+         "pattern readwrite certfleet/things/%u/+\n\n"
          "# The companion.\n"
          "user " + companion_client_id + "\n"
          "topic readwrite certfleet/#\n";

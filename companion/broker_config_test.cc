@@ -337,5 +337,14 @@ TEST_F(BrokerConfigTest, ClaimRuleWithAnUnreadableOrEmptyCaFileIsRefused) {
   EXPECT_NE(st.message().find("rule 'factory'"), std::string::npos) << st.ToString();
 }
 
+TEST(ThingsAclTest, RotationRequestIsReadOnlyForTheThing) {
+  std::string acl = ThingsAcl("certfleet-companion");
+  EXPECT_NE(acl.find("pattern read certfleet/things/%u/rotation/request\n"), std::string::npos);
+  EXPECT_NE(acl.find("pattern write certfleet/things/%u/rotation/ack\n"), std::string::npos);
+  EXPECT_NE(acl.find("pattern readwrite certfleet/things/%u/+\n"), std::string::npos);
+  // A multi-level grant would also grant writing the request (grants are a union).
+  EXPECT_EQ(acl.find("certfleet/things/%u/#"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace certfleet::companion

@@ -162,6 +162,15 @@ const ConfigSchema<C>& Schema() {
     s.Add("provisioning.workers", sh::IntValue<C>([](C& c) -> auto& { return c.provisioning.workers; }, 1, 64));
     for (const HookTable& t : kHookTables) AddHookTable(s, t);
     s.Add("claims", SetClaims);
+    s.Add("rotation.grace", sh::DurationValue<C>([](C& c) -> auto& { return c.rotation.grace; }, seconds(0), hours(24 * 365)));
+    s.Add("rotation.revoke_after", sh::DurationValue<C>([](C& c) -> auto& { return c.rotation.revoke_after; }, seconds(0), hours(24 * 365)));
+    s.Add("rotation.default_deadline", sh::DurationValue<C>([](C& c) -> auto& { return c.rotation.default_deadline; }, minutes(1), hours(24 * 365)));
+    s.Add("rotation.sweep_interval", sh::DurationValue<C>([](C& c) -> auto& { return c.rotation.sweep_interval; }, seconds(1), hours(24)));
+    s.Add("broker.crl_file", sh::StringValue<C>([](C& c) -> auto& { return c.broker.crl_file; }, sh::CheckAbsolutePath));
+    s.Add("broker.reload_command", sh::StringListValue<C>([](C& c) -> auto& { return c.broker.reload_command; }));
+    s.Add("broker.pid_file", sh::StringValue<C>([](C& c) -> auto& { return c.broker.pid_file; }, sh::CheckAbsolutePath));
+    s.Add("broker.reload_timeout", sh::DurationValue<C>([](C& c) -> auto& { return c.broker.reload_timeout; }, seconds(1), minutes(10)));
+    s.Add("broker.crl_validity", sh::DurationValue<C>([](C& c) -> auto& { return c.broker.crl_validity; }, hours(1), hours(24 * 365)));
     s.Add("keystore.backend", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.backend; }));
     s.Add("keystore.dir", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.dir; }, sh::CheckAbsolutePath));
     s.Add("registry.path", sh::StringValue<C>([](C& c) -> auto& { return c.registry_path; }, sh::CheckAbsolutePath));
@@ -192,6 +201,9 @@ sh::Result<CompanionConfig> ParseCompanionConfig(std::string_view text, const st
     if (!st.ok()) return sh::Error(st.WithContext(source + ": [hooks." + std::string(t.table) + "]"));
   }
   if (c.profile.key_types.empty()) return sh::Error(Code::kInvalidArgument, source + ": profile.key_types is empty");
+  if (!c.broker.reload_command.empty() && !sh::CheckAbsolutePath(c.broker.reload_command.front()).ok()) {
+    return sh::Error(Code::kInvalidArgument, source + ": broker.reload_command must start with an absolute path");
+  }
   if (c.tokens.default_ttl > c.tokens.max_ttl) {
     return sh::Error(Code::kInvalidArgument, source + ": tokens.default_ttl exceeds tokens.max_ttl");
   }

@@ -99,6 +99,23 @@ struct ClaimConfig {
   std::vector<std::string> templates;     // template names, or "*" for all
 };
 
+// The rotation coordinator (docs/rotation.md).
+struct RotationConfig {
+  std::chrono::seconds grace = std::chrono::hours(24);           // old certificate ACTIVE after the proof
+  std::chrono::seconds revoke_after{0};                          // then INACTIVE this long, then REVOKED
+  std::chrono::seconds default_deadline = std::chrono::hours(24 * 7);  // certfleetctl rotate
+  std::chrono::seconds sweep_interval{60};                       // polling period: requests, sweep, CRL
+};
+
+// What the companion maintains for the MQTT broker at run time.
+struct BrokerConfig {
+  std::string crl_file;                       // empty: no CRL publishing
+  std::vector<std::string> reload_command;    // exec: absolute path, then arguments; empty = none
+  std::string pid_file;                       // SIGHUP to this pid after a new CRL; empty = none
+  std::chrono::seconds reload_timeout{10};
+  std::chrono::seconds crl_validity = std::chrono::hours(24 * 30);
+};
+
 struct CompanionConfig {
   std::string state_dir;
   EstConfig est;
@@ -109,6 +126,8 @@ struct CompanionConfig {
   ProvisioningConfig provisioning;
   HooksConfig hooks;
   std::vector<ClaimConfig> claims;  // empty: the broker's claim listener has no claim policy
+  RotationConfig rotation;
+  BrokerConfig broker;
   hal::KeyStoreConfig keystore;
   std::string registry_path;
   std::string log_level = "info";

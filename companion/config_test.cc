@@ -395,5 +395,37 @@ TEST(CompanionConfigTest, HookFilesAreCheckedAtStartupNamingTheTable) {
   EXPECT_FALSE(none->pre_enroll);
 }
 
+TEST(CompanionConfigTest, RotationAndBrokerKeys) {
+  auto defaults = Parse(WithStateDir(""));
+  ASSERT_TRUE(defaults) << defaults.error().ToString();
+  EXPECT_EQ(defaults->rotation.grace, std::chrono::hours(24));
+  EXPECT_EQ(defaults->rotation.revoke_after, std::chrono::seconds(0));
+  EXPECT_EQ(defaults->rotation.default_deadline, std::chrono::hours(24 * 7));
+  EXPECT_EQ(defaults->rotation.sweep_interval, std::chrono::seconds(60));
+  EXPECT_TRUE(defaults->broker.crl_file.empty());
+  EXPECT_TRUE(defaults->broker.reload_command.empty());
+  EXPECT_EQ(defaults->broker.crl_validity, std::chrono::hours(24 * 30));
+
+  auto cfg = Parse(WithStateDir(
+      "[rotation]\ngrace = \"2s\"\nrevoke_after = \"1h\"\ndefault_deadline = \"30d\"\nsweep_interval = \"1s\"\n"
+      "[broker]\ncrl_file = \"/etc/mosquitto/certfleet/crl.pem\"\n"
+      "reload_command = [\"/usr/bin/systemctl\", \"reload\", \"mosquitto\"]\n"
+      "pid_file = \"/run/mosquitto/mosquitto.pid\"\nreload_timeout = \"5s\"\ncrl_validity = \"7d\"\n"));
+  ASSERT_TRUE(cfg) << cfg.error().ToString();
+  EXPECT_EQ(cfg->rotation.grace, std::chrono::seconds(2));
+  EXPECT_EQ(cfg->rotation.revoke_after, std::chrono::hours(1));
+  EXPECT_EQ(cfg->rotation.default_deadline, std::chrono::hours(24 * 30));
+  EXPECT_EQ(cfg->rotation.sweep_interval, std::chrono::seconds(1));
+  EXPECT_EQ(cfg->broker.crl_file, "/etc/mosquitto/certfleet/crl.pem");
+  EXPECT_EQ(cfg->broker.reload_command, (std::vector<std::string>{"/usr/bin/systemctl", "reload", "mosquitto"}));
+  EXPECT_EQ(cfg->broker.pid_file, "/run/mosquitto/mosquitto.pid");
+  EXPECT_EQ(cfg->broker.reload_timeout, std::chrono::seconds(5));
+  EXPECT_EQ(cfg->broker.crl_validity, std::chrono::hours(24 * 7));
+
+  ExpectError(WithStateDir("[rotation]\nsweep_interval = \"0s\"\n"), {"rotation.sweep_interval", "out of range"});
+  ExpectError(WithStateDir("[broker]\ncrl_file = \"crl.pem\"\n"), {"broker.crl_file"});
+  ExpectError(WithStateDir("[broker]\nreload_command = [\"systemctl\", \"reload\"]\n"), {"broker.reload_command"});
+}
+
 }  // namespace
 }  // namespace certfleet::companion

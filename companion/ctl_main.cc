@@ -1,5 +1,8 @@
 // certfleetctl: the operator's command line. Local admin mode reads the companion's
 // config and registry directly (run it as the companion's user).
+#include <pwd.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -7,6 +10,7 @@
 #include "companion/broker_config.h"
 #include "companion/est_service.h"
 #include "companion/init.h"
+#include "companion/rotation_coordinator.h"
 #include "shared/core/duration.h"
 #include "shared/core/filesystem.h"
 #include "shared/x509/cert.h"
@@ -47,6 +51,80 @@ sh::Result<cf::companion::CompanionState> Open(const std::string& config_path, b
   return cf::companion::LoadCompanionState(cfg, fs, lo);
 }
 
+// "operator:<login name>" for the rotation requests an operator creates.
+std::string OperatorName() {
+  struct passwd* pw = getpwuid(getuid());
+  return std::string("operator:") + (pw != nullptr && pw->pw_name != nullptr ? pw->pw_name : std::to_string(getuid()));
+}
+
+json RotationJson(const cf::companion::RotationRecord& r) {
+  json j = {{"rotationId", r.id}, {"thingName", r.thing_name}, {"reason", r.reason},
+            {"createdAt", sh::FormatRfc3339(r.created_at)}, {"deadline", sh::FormatRfc3339(r.deadline)},
+            {"state", cf::companion::RotationStateName(r.state)}, {"createdBy", r.created_by}};
+  if (r.published_at) j["publishedAt"] = sh::FormatRfc3339(*r.published_at);
+  if (r.completed_at) j["completedAt"] = sh::FormatRfc3339(*r.completed_at);
+  if (r.new_cert_id) j["certificateId"] = *r.new_cert_id;
+  return j;
+}
+
+// certfleetctl rotate: one request for `thing`, or one per thing whose current
+// certificate expires within `expiring_within`.
+int Rotate(cf::companion::Registry& registry, const cf::companion::CompanionConfig& config, const std::string& thing,
+           const std::string& expiring_within, std::string reason, const std::string& deadline_text, bool dry_run) {
+  auto now = sh::SystemClock::Instance().Now();
+  std::chrono::seconds deadline = config.rotation.default_deadline;
+  if (!deadline_text.empty()) {
+    auto d = sh::ParseDuration(deadline_text);
+    if (!d) return Fail(d.error().WithContext("--deadline"));
+    deadline = *d;
+  }
+  std::vector<std::string> things;
+  if (!thing.empty()) {
+    things.push_back(thing);
+  } else {
+    auto within = sh::ParseDuration(expiring_within);
+    if (!within) return Fail(within.error().WithContext("--expiring-within"));
+    auto list = registry.ListThingsExpiringBefore(now + *within, INT64_MAX);
+    if (!list) return Fail(list.error());
+    for (const auto& t : *list) things.push_back(t.name);
+    if (reason.empty()) reason = "expiring-within:" + sh::FormatDuration(*within);
+    std::fprintf(stderr, "%zu thing(s) with a certificate expiring before %s\n", things.size(),
+                 sh::FormatRfc3339(now + *within).c_str());
+  }
+  if (reason.empty()) reason = "operator";
+  int failures = 0;
+  for (const auto& name : things) {
+    auto pending = registry.FindPendingRotation(name);
+    if (!pending) return Fail(pending.error());
+    if (*pending) {
+      std::printf("skipped %s: rotation %s is pending\n", name.c_str(), (*pending)->id.c_str());
+      if (!thing.empty()) ++failures;
+      continue;
+    }
+    if (dry_run) {
+      std::printf("would rotate %s\n", name.c_str());
+      continue;
+    }
+    auto id = cf::companion::NewRotationId();
+    if (!id) return Fail(id.error());
+    cf::companion::RotationRecord r;
+    r.id = *id;
+    r.thing_name = name;
+    r.reason = reason;
+    r.created_at = now;
+    r.deadline = now + deadline;
+    r.created_by = OperatorName();
+    sh::Status st = registry.CreateRotation(r);
+    if (!st.ok()) {
+      std::fprintf(stderr, "certfleetctl: %s: %s\n", name.c_str(), st.ToString().c_str());
+      ++failures;
+      continue;
+    }
+    std::printf("created %s %s deadline %s\n", r.id.c_str(), name.c_str(), sh::FormatRfc3339(r.deadline).c_str());
+  }
+  return failures == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -83,6 +161,30 @@ int main(int argc, char** argv) {
   auto* things_list = things->add_subcommand("list", "list things");
   things_list->add_flag("--json", as_json, "JSON output");
   things_list->add_option("--limit", limit, "at most this many rows")->check(CLI::Range(int64_t{1}, int64_t{10000000}));
+
+  std::string rotate_thing;
+  std::string expiring_within;
+  std::string rotate_reason;
+  std::string rotate_deadline;
+  bool dry_run = false;
+  auto* rotate = app.add_subcommand("rotate", "ask a thing (or every thing whose certificate expires soon) to rotate");
+  auto* rotate_thing_opt = rotate->add_option("THING", rotate_thing, "thing name");
+  auto* expiring_opt = rotate->add_option("--expiring-within", expiring_within,
+                                          "every thing whose current certificate expires within this, e.g. 30d");
+  rotate_thing_opt->excludes(expiring_opt);
+  rotate->add_option("--reason", rotate_reason, "why (1-256 bytes; default operator)");
+  rotate->add_option("--deadline", rotate_deadline, "rotate within this, e.g. 7d (default rotation.default_deadline)");
+  rotate->add_flag("--dry-run", dry_run, "print what would be done");
+  auto* rotations = app.add_subcommand("rotations", "rotation requests")->require_subcommand(1);
+  auto* rotations_list = rotations->add_subcommand("list", "list rotation requests, newest first");
+  std::string state_filter;
+  rotations_list->add_option("--state", state_filter, "PENDING, COMPLETED or CANCELLED");
+  rotations_list->add_option("--thing", thing_filter, "only this thing's requests");
+  rotations_list->add_flag("--json", as_json, "JSON output");
+  rotations_list->add_option("--limit", limit, "at most this many rows")->check(CLI::Range(int64_t{1}, int64_t{10000000}));
+  std::string rotation_id;
+  auto* rotations_cancel = rotations->add_subcommand("cancel", "cancel a pending rotation request");
+  rotations_cancel->add_option("ID", rotation_id, "rotation id")->required();
 
   cf::companion::BrokerConfigOptions broker;
   std::vector<std::string> broker_hostnames;
@@ -189,6 +291,52 @@ int main(int argc, char** argv) {
     sh::Status st = state->registry->SetCertStatus(cert_id, status, clock.Now());
     if (!st.ok()) return Fail(st);
     std::printf("%s %s\n", cert_id.c_str(), std::string(cf::companion::CertStatusName(status)).c_str());
+    return 0;
+  }
+
+  if (*rotate) {
+    if (rotate_thing.empty() == expiring_within.empty()) {
+      return Fail(sh::Status(sh::Code::kInvalidArgument, "give either THING or --expiring-within"));
+    }
+    auto state = Open(config_path, !dry_run);
+    if (!state) return Fail(state.error());
+    return Rotate(*state->registry, state->config, rotate_thing, expiring_within, rotate_reason, rotate_deadline, dry_run);
+  }
+
+  if (*rotations_list) {
+    cf::companion::RotationFilter filter;
+    filter.thing = thing_filter;
+    if (!state_filter.empty()) {
+      auto s = cf::companion::ParseRotationState(state_filter);
+      if (!s) return Fail(s.error().WithContext("--state"));
+      filter.state = *s;
+    }
+    auto state = Open(config_path, false);
+    if (!state) return Fail(state.error());
+    auto list = state->registry->ListRotations(filter, limit);
+    if (!list) return Fail(list.error());
+    if (as_json) {
+      json out = json::array();
+      for (const auto& r : *list) out.push_back(RotationJson(r));
+      std::printf("%s\n", out.dump(2).c_str());
+    } else {
+      std::vector<std::vector<std::string>> rows{{"ID", "THING", "STATE", "CREATED", "DEADLINE", "PUBLISHED", "REASON"}};
+      for (const auto& r : *list) {
+        rows.push_back({r.id, r.thing_name, std::string(cf::companion::RotationStateName(r.state)),
+                        sh::FormatRfc3339(r.created_at), sh::FormatRfc3339(r.deadline),
+                        r.published_at ? sh::FormatRfc3339(*r.published_at) : "-", r.reason});
+      }
+      PrintTable(rows);
+    }
+    return 0;
+  }
+
+  if (*rotations_cancel) {
+    auto state = Open(config_path, true);
+    if (!state) return Fail(state.error());
+    sh::Status st = state->registry->CancelRotation(rotation_id);
+    if (!st.ok()) return Fail(st);
+    std::printf("%s CANCELLED\n", rotation_id.c_str());
     return 0;
   }
 

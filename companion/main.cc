@@ -10,6 +10,7 @@
 #include "companion/est_server.h"
 #include "companion/hook_set.h"
 #include "companion/provisioning_service.h"
+#include "companion/rotation_coordinator.h"
 #include "shared/mqtt/client.h"
 #include "shared/x509/cert.h"
 #include "companion/init.h"
@@ -82,6 +83,8 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
   std::unique_ptr<cf::companion::ProvisioningService> provisioning;
   std::unique_ptr<cf::hal::KeyHandle> mqtt_key;
   std::unique_ptr<sh::MqttClient> mqtt;
+  std::unique_ptr<cf::companion::MqttRotationPublisher> rotation_publisher;
+  std::unique_ptr<cf::companion::RotationCoordinator> rotation;
   if (cfg->mqtt.enabled) {
     auto prov = MakeProvisioning(*state, hooks, *hook_set, log);
     if (!prov) return Fail(prov.error());
@@ -103,9 +106,16 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
     if (!client) return Fail(client.error());
     mqtt = std::move(*client);
     provisioning->Attach(*mqtt);
+    auto rotation_options = cf::companion::RotationOptionsFromConfig(*cfg);
+    if (!rotation_options) return Fail(rotation_options.error());
+    rotation_publisher = std::make_unique<cf::companion::MqttRotationPublisher>(*mqtt);
+    rotation = std::make_unique<cf::companion::RotationCoordinator>(*state, std::move(*rotation_options), *rotation_publisher,
+                                                                    fs, sh::SystemClock::Instance(), log);
+    rotation->Attach(*mqtt);
     // The network thread reconnects by itself after the first attempt, failed or not.
     sh::Status st = mqtt->Connect(std::chrono::seconds(10));
     if (!st.ok()) log.Warn("MQTT broker not reachable yet; retrying in the background", {{"error", st.ToString()}});
+    rotation->Start();
     log.Info("fleet provisioning enabled", {{"broker", cfg->mqtt.host + ":" + std::to_string(cfg->mqtt.port)},
                                             {"dialect", cfg->provisioning.dialect}});
   }
@@ -141,6 +151,7 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
   }
   waiter.join();
   if (provisioning) provisioning->Stop();
+  if (rotation) rotation->Stop();
   if (mqtt) mqtt->Disconnect();
   if (!st.ok()) return Fail(st);
   return 0;

@@ -7,6 +7,7 @@
 // Implementations are thread-safe.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -46,6 +47,11 @@ struct CertRecord {
   std::optional<WallTime> superseded_at;
   std::string pem;
   WallTime status_changed_at;  // when the status last changed (issuance, revocation, ...)
+  // When the device proved it holds this certificate (a verified rotation ack).
+  std::optional<WallTime> proven_at;
+  // Set on the thing's other ACTIVE certificates when a successor is proven: the end of
+  // their grace window, when the lifecycle sweep deactivates them.
+  std::optional<WallTime> retire_at;
 };
 
 struct ThingRecord {
@@ -107,6 +113,54 @@ struct ThingRegistration {
   bool allow_reprovisioning = false;
 };
 
+// ---- Rotation ----
+
+enum class RotationState { kPending, kCompleted, kCancelled };
+std::string_view RotationStateName(RotationState s);
+Result<RotationState> ParseRotationState(std::string_view s);
+
+// A rotation request: the companion asks a thing to rotate its identity.
+struct RotationRecord {
+  std::string id;  // 32 lowercase hex (shared::ValidateRotationId)
+  std::string thing_name;
+  std::string reason;  // 1-256 bytes
+  WallTime created_at;
+  WallTime deadline;  // not before created_at
+  RotationState state = RotationState::kPending;
+  std::optional<WallTime> published_at;  // when the retained request reached the broker
+  std::optional<WallTime> cleared_at;    // when it was cleared there (after completion or cancellation)
+  std::optional<WallTime> completed_at;  // COMPLETED only
+  std::optional<std::string> new_cert_id;  // COMPLETED only: the proven certificate
+  std::string created_by;  // "operator:<user>", "audit", ...
+};
+
+struct RotationFilter {
+  std::optional<RotationState> state;
+  std::string thing;  // empty: every thing
+};
+
+// A verified rotation ack, as CompleteRotation records it.
+struct RotationProof {
+  std::string thing_name;
+  std::string rotation_id;  // "" for a rotation the agent started by itself
+  std::string new_cert_id;
+  WallTime now;
+  std::chrono::seconds grace{0};  // the replaced certificates stay ACTIVE this long
+};
+
+struct RotationCompletion {
+  std::optional<std::string> completed_rotation_id;  // the request it completed, if any
+  std::vector<std::string> retiring_cert_ids;        // got retire_at = now + grace
+};
+
+// One certificate status change made by the lifecycle sweep.
+struct CertTransition {
+  std::string cert_id;
+  std::string thing_name;
+  CertStatus from = CertStatus::kActive;
+  CertStatus to = CertStatus::kInactive;
+};
+
 class Registry {
  public:
   virtual ~Registry() = default;
@@ -151,6 +205,46 @@ class Registry {
 
   virtual Status RecordSecurityEvent(const SecurityEvent& event) = 0;
   virtual Result<std::vector<SecurityEvent>> ListSecurityEvents(int64_t limit) = 0;
+
+  // ---- Rotation (docs/rotation.md) ----
+
+  // Stores a PENDING request (published_at, completed_at and new_cert_id must be unset).
+  // kNotFound for an unknown thing; kAlreadyExists when the thing has a pending request
+  // (one pending request per thing, a unique index) or on a duplicate id;
+  // kInvalidArgument for a malformed id, reason or deadline.
+  virtual Status CreateRotation(const RotationRecord& rotation) = 0;
+  // Newest first.
+  virtual Result<std::vector<RotationRecord>> ListRotations(const RotationFilter& filter, int64_t limit) = 0;
+  virtual Result<std::optional<RotationRecord>> FindRotation(const std::string& id) = 0;
+  virtual Result<std::optional<RotationRecord>> FindPendingRotation(const std::string& thing) = 0;
+  // Sets published_at. kNotFound unless the request exists and is PENDING.
+  virtual Status MarkRotationPublished(const std::string& id, WallTime now) = 0;
+  // Requests no longer PENDING whose retained message may still be on the broker
+  // (published, not cleared), oldest first.
+  virtual Result<std::vector<RotationRecord>> ListRotationsToClear(int64_t limit) = 0;
+  // Sets cleared_at. kNotFound unless the request exists, was published and is not PENDING.
+  virtual Status MarkRotationCleared(const std::string& id, WallTime now) = 0;
+  // Records a verified ack, one transaction: the new certificate gets proven_at; every
+  // other ACTIVE certificate of the thing gets retire_at = now + grace; the request
+  // (rotation_id, or with "" the thing's pending request if any) becomes COMPLETED.
+  // kFailedPrecondition (nothing stored) if the certificate is not the thing's current
+  // ACTIVE certificate, or rotation_id is not the thing's pending request (a completed
+  // or cancelled one included); kAlreadyExists if rotation_id is "" and the certificate
+  // is already proven (a replayed ack).
+  virtual Result<RotationCompletion> CompleteRotation(const RotationProof& proof) = 0;
+  // PENDING -> CANCELLED. kNotFound for an unknown id, kFailedPrecondition if not PENDING.
+  virtual Status CancelRotation(const std::string& id) = 0;
+  // Things whose current certificate's notAfter is before `t`, by name.
+  virtual Result<std::vector<ThingRecord>> ListThingsExpiringBefore(WallTime t, int64_t limit) = 0;
+  // The lifecycle sweep, one transaction: ACTIVE certificates whose retire_at has come
+  // become INACTIVE; INACTIVE ones with retire_at + revoke_after <= now become REVOKED
+  // (both in one sweep when revoke_after is 0). Certificates without retire_at (their
+  // successor is not proven) are never touched. Returns the changes made.
+  virtual Result<std::vector<CertTransition>> SweepCertificates(WallTime now, std::chrono::seconds revoke_after) = 0;
+  // How many certificates are REVOKED. REVOKED is final and certificates are never
+  // deleted, so the count changes exactly when the revoked set (the CRL) does, whoever
+  // revoked (this process, or certfleetctl in another).
+  virtual Result<int64_t> CountRevokedCerts() = 0;
 };
 
 struct SqliteRegistryOptions {

@@ -639,7 +639,7 @@ TEST(RegistryOpenTest, SchemaVersionAfterMigrationIsTheLatest) {
   auto again = OpenSqliteRegistry(path, {});
   ASSERT_TRUE(again) << again.error().ToString();
   RawDb raw(path);
-  EXPECT_EQ(raw.QueryInt("PRAGMA user_version"), 3);
+  EXPECT_EQ(raw.QueryInt("PRAGMA user_version"), 4);
 }
 
 // The invariants hold for anything that writes to the file, not only for our code.
@@ -855,6 +855,300 @@ TEST(ThingNameTest, Rules) {
   EXPECT_FALSE(IsValidThingName("gw 1"));
   EXPECT_FALSE(IsValidThingName("gw/1"));
   EXPECT_FALSE(IsValidThingName("certfleet-companion"));
+}
+
+// ---- Rotation ----
+
+std::string RotId(int n) {
+  std::string h = HexId("rotation:" + std::to_string(n));
+  return h.substr(0, 32);
+}
+
+RotationRecord MakeRotation(const std::string& id, const std::string& thing, WallTime at = kNow) {
+  RotationRecord r;
+  r.id = id;
+  r.thing_name = thing;
+  r.reason = "operator";
+  r.created_at = at;
+  r.deadline = at + hours(24 * 7);
+  r.created_by = "operator:test";
+  return r;
+}
+
+class RotationRegistryTest : public RegistryTest {
+ protected:
+  // gw-1 with certificate A (issued at kNow), re-enrolled to B at kNow + 1h.
+  void SetUp() override {
+    RegistryTest::SetUp();
+    a_ = Plain(MakeCert("gw-1", "0B01")).cert;
+    ASSERT_TRUE(reg_->RecordIssued(Plain(a_), kNow).ok());
+    IssueRecord b = Plain(MakeCert("gw-1", "0B02", kNow + hours(1)));
+    b.replaces_cert_id = a_.id;
+    b_ = b.cert;
+    ASSERT_TRUE(reg_->RecordIssued(b, kNow + hours(1)).ok());
+  }
+  RotationProof Proof(const std::string& rotation_id, const std::string& cert_id, WallTime at) {
+    return RotationProof{"gw-1", rotation_id, cert_id, at, hours(24)};
+  }
+  CertStatus StatusOf(const std::string& id) {
+    auto c = Find(id);
+    return c ? c->status : CertStatus::kPendingActivation;
+  }
+  CertRecord a_;
+  CertRecord b_;
+};
+
+TEST(RotationStateTest, NamesRoundTrip) {
+  for (RotationState s : {RotationState::kPending, RotationState::kCompleted, RotationState::kCancelled}) {
+    EXPECT_EQ(ParseRotationState(RotationStateName(s)).value(), s);
+  }
+  EXPECT_FALSE(ParseRotationState("DONE"));
+}
+
+TEST_F(RotationRegistryTest, CreateFindListAndPublish) {
+  ASSERT_TRUE(reg_->CreateRotation(MakeRotation(RotId(1), "gw-1")).ok());
+  auto pending = reg_->FindPendingRotation("gw-1");
+  ASSERT_TRUE(pending && *pending);
+  EXPECT_EQ((*pending)->id, RotId(1));
+  EXPECT_EQ((*pending)->state, RotationState::kPending);
+  EXPECT_FALSE((*pending)->published_at);
+  EXPECT_EQ((*pending)->deadline, kNow + hours(24 * 7));
+  EXPECT_EQ((*pending)->created_by, "operator:test");
+
+  ASSERT_TRUE(reg_->MarkRotationPublished(RotId(1), kNow + seconds(3)).ok());
+  auto found = reg_->FindRotation(RotId(1));
+  ASSERT_TRUE(found && *found);
+  EXPECT_EQ((*found)->published_at, kNow + seconds(3));
+  EXPECT_EQ(reg_->MarkRotationPublished(RotId(9), kNow).code(), Code::kNotFound);
+
+  auto none = reg_->FindPendingRotation("gw-2");
+  ASSERT_TRUE(none);
+  EXPECT_FALSE(*none);
+
+  ASSERT_TRUE(reg_->CancelRotation(RotId(1)).ok());
+  ASSERT_TRUE(reg_->CreateRotation(MakeRotation(RotId(2), "gw-1", kNow + hours(1))).ok());
+  auto all = reg_->ListRotations({}, 10);
+  ASSERT_TRUE(all);
+  ASSERT_EQ(all->size(), 2u);
+  EXPECT_EQ((*all)[0].id, RotId(2)) << "newest first";
+  auto cancelled = reg_->ListRotations({RotationState::kCancelled, ""}, 10);
+  ASSERT_TRUE(cancelled);
+  ASSERT_EQ(cancelled->size(), 1u);
+  EXPECT_EQ((*cancelled)[0].id, RotId(1));
+  auto other = reg_->ListRotations({std::nullopt, "gw-2"}, 10);
+  ASSERT_TRUE(other);
+  EXPECT_TRUE(other->empty());
+  auto limited = reg_->ListRotations({}, 1);
+  ASSERT_TRUE(limited);
+  EXPECT_EQ(limited->size(), 1u);
+}
+
+TEST_F(RotationRegistryTest, OnePendingRequestPerThing) {
+  ASSERT_TRUE(reg_->CreateRotation(MakeRotation(RotId(1), "gw-1")).ok());
+  EXPECT_EQ(reg_->CreateRotation(MakeRotation(RotId(2), "gw-1")).code(), Code::kAlreadyExists);
+  EXPECT_EQ(reg_->CreateRotation(MakeRotation(RotId(1), "gw-1")).code(), Code::kAlreadyExists);
+  EXPECT_EQ(reg_->CreateRotation(MakeRotation(RotId(3), "gw-unknown")).code(), Code::kNotFound);
+  RotationRecord bad = MakeRotation("ABC", "gw-1");
+  EXPECT_EQ(reg_->CreateRotation(bad).code(), Code::kInvalidArgument);
+  bad = MakeRotation(RotId(4), "gw-1");
+  bad.deadline = kNow - seconds(1);
+  EXPECT_EQ(reg_->CreateRotation(bad).code(), Code::kInvalidArgument);
+  bad = MakeRotation(RotId(4), "gw-1");
+  bad.reason = "";
+  EXPECT_EQ(reg_->CreateRotation(bad).code(), Code::kInvalidArgument);
+
+  // The database itself refuses a second pending request, whoever writes.
+  RawDb raw(path_);
+  ASSERT_TRUE(raw.ok());
+  EXPECT_EQ(raw.Exec("INSERT INTO rotation_requests(id, thing_name, reason, created_at, deadline, state, created_by) "
+                     "VALUES ('" + RotId(5) + "', 'gw-1', 'x', 1, 2, 'PENDING', 'raw')"),
+            SQLITE_CONSTRAINT_UNIQUE);
+  EXPECT_EQ(raw.Exec("INSERT INTO rotation_requests(id, thing_name, reason, created_at, deadline, state, created_by) "
+                     "VALUES ('" + RotId(5) + "', 'gw-1', 'x', 2, 1, 'CANCELLED', 'raw')"),
+            SQLITE_CONSTRAINT_CHECK) << "deadline before creation";
+  EXPECT_EQ(raw.Exec("INSERT INTO rotation_requests(id, thing_name, reason, created_at, deadline, state, created_by) "
+                     "VALUES ('" + RotId(5) + "', 'gw-1', 'x', 1, 2, 'COMPLETED', 'raw')"),
+            SQLITE_CONSTRAINT_CHECK) << "completed without a certificate";
+  EXPECT_EQ(raw.Exec("INSERT INTO rotation_requests(id, thing_name, reason, created_at, deadline, state, created_by) "
+                     "VALUES ('XYZ', 'gw-1', 'x', 1, 2, 'CANCELLED', 'raw')"),
+            SQLITE_CONSTRAINT_CHECK) << "malformed id";
+}
+
+TEST_F(RotationRegistryTest, CompleteProvesTheCertificateAndOpensTheGraceWindow) {
+  ASSERT_TRUE(reg_->CreateRotation(MakeRotation(RotId(1), "gw-1")).ok());
+  auto done = reg_->CompleteRotation(Proof(RotId(1), b_.id, kNow + hours(2)));
+  ASSERT_TRUE(done) << done.error().ToString();
+  EXPECT_EQ(done->completed_rotation_id, RotId(1));
+  EXPECT_EQ(done->retiring_cert_ids, std::vector<std::string>{a_.id});
+  auto b = Find(b_.id);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->proven_at, kNow + hours(2));
+  EXPECT_FALSE(b->retire_at);
+  auto a = Find(a_.id);
+  ASSERT_TRUE(a);
+  EXPECT_EQ(a->retire_at, kNow + hours(2) + hours(24));
+  EXPECT_EQ(a->status, CertStatus::kActive) << "still usable during the grace window";
+  auto r = reg_->FindRotation(RotId(1));
+  ASSERT_TRUE(r && *r);
+  EXPECT_EQ((*r)->state, RotationState::kCompleted);
+  EXPECT_EQ((*r)->new_cert_id, b_.id);
+  EXPECT_EQ((*r)->completed_at, kNow + hours(2));
+
+  // A replay of the completed rotation is refused and changes nothing.
+  auto replay = reg_->CompleteRotation(Proof(RotId(1), b_.id, kNow + hours(3)));
+  EXPECT_EQ(replay.error().code(), Code::kFailedPrecondition);
+  EXPECT_EQ(Find(a_.id)->retire_at, kNow + hours(26));
+  EXPECT_EQ(reg_->CancelRotation(RotId(1)).code(), Code::kFailedPrecondition);
+}
+
+TEST_F(RotationRegistryTest, AgentInitiatedAckCompletesAPendingRequestAndIsNotReplayable) {
+  ASSERT_TRUE(reg_->CreateRotation(MakeRotation(RotId(1), "gw-1")).ok());
+  auto done = reg_->CompleteRotation(Proof("", b_.id, kNow + hours(2)));
+  ASSERT_TRUE(done) << done.error().ToString();
+  EXPECT_EQ(done->completed_rotation_id, RotId(1));
+  EXPECT_EQ(reg_->CompleteRotation(Proof("", b_.id, kNow + hours(3))).error().code(), Code::kAlreadyExists);
+}
+
+TEST_F(RotationRegistryTest, CompleteRefusesCertificatesThatAreNotTheThingsCurrentOne) {
+  ASSERT_TRUE(reg_->CreateRotation(MakeRotation(RotId(1), "gw-1")).ok());
+  // The superseded predecessor, an unknown certificate, another thing's certificate.
+  EXPECT_EQ(reg_->CompleteRotation(Proof(RotId(1), a_.id, kNow)).error().code(), Code::kFailedPrecondition);
+  EXPECT_EQ(reg_->CompleteRotation(Proof(RotId(1), HexId("nope"), kNow)).error().code(), Code::kFailedPrecondition);
+  CertRecord other = MakeCert("gw-2", "0C01");
+  ASSERT_TRUE(reg_->RecordIssued(Plain(other), kNow).ok());
+  EXPECT_EQ(reg_->CompleteRotation(Proof(RotId(1), other.id, kNow)).error().code(), Code::kFailedPrecondition);
+  // A rotation id that is not the thing's pending one.
+  EXPECT_EQ(reg_->CompleteRotation(Proof(RotId(2), b_.id, kNow)).error().code(), Code::kFailedPrecondition);
+  // An INACTIVE current certificate.
+  ASSERT_TRUE(reg_->SetCertStatus(b_.id, CertStatus::kInactive, kNow).ok());
+  EXPECT_EQ(reg_->CompleteRotation(Proof(RotId(1), b_.id, kNow)).error().code(), Code::kFailedPrecondition);
+  // Nothing changed.
+  auto r = reg_->FindPendingRotation("gw-1");
+  ASSERT_TRUE(r && *r);
+  EXPECT_FALSE(Find(a_.id)->retire_at);
+  EXPECT_FALSE(Find(b_.id)->proven_at);
+}
+
+TEST_F(RotationRegistryTest, SweepDeactivatesAfterGraceThenRevokes) {
+  ASSERT_TRUE(reg_->CompleteRotation(Proof("", b_.id, kNow + hours(2))).has_value());
+  const WallTime end_of_grace = kNow + hours(26);
+  auto early = reg_->SweepCertificates(end_of_grace - seconds(1), hours(1));
+  ASSERT_TRUE(early);
+  EXPECT_TRUE(early->empty());
+  EXPECT_EQ(StatusOf(a_.id), CertStatus::kActive);
+
+  auto first = reg_->SweepCertificates(end_of_grace, hours(1));
+  ASSERT_TRUE(first);
+  ASSERT_EQ(first->size(), 1u);
+  EXPECT_EQ((*first)[0].cert_id, a_.id);
+  EXPECT_EQ((*first)[0].thing_name, "gw-1");
+  EXPECT_EQ((*first)[0].to, CertStatus::kInactive);
+  EXPECT_EQ(StatusOf(a_.id), CertStatus::kInactive);
+  EXPECT_EQ(StatusOf(b_.id), CertStatus::kActive);
+  EXPECT_EQ(reg_->CountRevokedCerts().value(), 0);
+
+  EXPECT_TRUE(reg_->SweepCertificates(end_of_grace + hours(1) - seconds(1), hours(1))->empty());
+  auto second = reg_->SweepCertificates(end_of_grace + hours(1), hours(1));
+  ASSERT_TRUE(second);
+  ASSERT_EQ(second->size(), 1u);
+  EXPECT_EQ((*second)[0].from, CertStatus::kInactive);
+  EXPECT_EQ((*second)[0].to, CertStatus::kRevoked);
+  EXPECT_EQ(StatusOf(a_.id), CertStatus::kRevoked);
+  EXPECT_EQ(Find(a_.id)->status_changed_at, end_of_grace + hours(1));
+  EXPECT_EQ(reg_->CountRevokedCerts().value(), 1);
+  EXPECT_TRUE(reg_->SweepCertificates(end_of_grace + hours(100), hours(1))->empty()) << "nothing left to do";
+}
+
+TEST_F(RotationRegistryTest, SweepWithoutRevokeDelayDoesBothStepsAtOnce) {
+  ASSERT_TRUE(reg_->CompleteRotation(Proof("", b_.id, kNow + hours(2))).has_value());
+  auto swept = reg_->SweepCertificates(kNow + hours(26), seconds(0));
+  ASSERT_TRUE(swept);
+  ASSERT_EQ(swept->size(), 2u);
+  EXPECT_EQ((*swept)[0].to, CertStatus::kInactive);
+  EXPECT_EQ((*swept)[1].to, CertStatus::kRevoked);
+  EXPECT_EQ(StatusOf(a_.id), CertStatus::kRevoked);
+}
+
+TEST_F(RotationRegistryTest, SweepLeavesPredecessorsOfAnUnprovenCertificateAlone) {
+  // B is never proven (the device rolled back to A): A stays ACTIVE however long it takes.
+  auto swept = reg_->SweepCertificates(kNow + hours(24 * 365), seconds(0));
+  ASSERT_TRUE(swept);
+  EXPECT_TRUE(swept->empty());
+  EXPECT_EQ(StatusOf(a_.id), CertStatus::kActive);
+  // An operator's INACTIVE (no grace window) is not revoked by the sweep either.
+  ASSERT_TRUE(reg_->SetCertStatus(a_.id, CertStatus::kInactive, kNow).ok());
+  EXPECT_TRUE(reg_->SweepCertificates(kNow + hours(24 * 365), seconds(0))->empty());
+}
+
+TEST_F(RotationRegistryTest, ProofRetiresEveryOlderActiveCertificate) {
+  // A -> B -> C, where B was never proven: proving C starts the grace window of A and B.
+  IssueRecord c = Plain(MakeCert("gw-1", "0B03", kNow + hours(2)));
+  c.replaces_cert_id = b_.id;
+  ASSERT_TRUE(reg_->RecordIssued(c, kNow + hours(2)).ok());
+  auto done = reg_->CompleteRotation(Proof("", c.cert.id, kNow + hours(3)));
+  ASSERT_TRUE(done) << done.error().ToString();
+  EXPECT_EQ(done->retiring_cert_ids.size(), 2u);
+  auto swept = reg_->SweepCertificates(kNow + hours(27), seconds(0));
+  ASSERT_TRUE(swept);
+  EXPECT_EQ(swept->size(), 4u);
+  EXPECT_EQ(CurrentIds("gw-1"), std::vector<std::string>{c.cert.id});
+}
+
+// The invariant, enforced by the database for any writer: once a thing's current
+// certificate is proven, no other certificate of it is ACTIVE without a grace window.
+TEST_F(RotationRegistryTest, DatabaseRefusesASecondActiveCertificateOutsideTheGraceWindow) {
+  RawDb raw(path_);
+  ASSERT_TRUE(raw.ok());
+  EXPECT_EQ(raw.Exec("UPDATE certificates SET proven_at = 1 WHERE id = '" + b_.id + "'"), SQLITE_CONSTRAINT_TRIGGER)
+      << "proving B while A is ACTIVE without a grace window";
+  EXPECT_EQ(raw.Exec("UPDATE certificates SET proven_at = 1 WHERE id = '" + a_.id + "'"), SQLITE_CONSTRAINT_TRIGGER)
+      << "a superseded certificate cannot be proven";
+  EXPECT_EQ(raw.Exec("UPDATE certificates SET retire_at = 1 WHERE id = '" + b_.id + "'"), SQLITE_CONSTRAINT_CHECK)
+      << "the current certificate has no grace window";
+
+  ASSERT_TRUE(reg_->SetCertStatus(a_.id, CertStatus::kInactive, kNow).ok());
+  ASSERT_TRUE(reg_->CompleteRotation(Proof("", b_.id, kNow + hours(2))).has_value());
+  EXPECT_EQ(raw.Exec("UPDATE certificates SET status = 'ACTIVE' WHERE id = '" + a_.id + "'"), SQLITE_CONSTRAINT_TRIGGER)
+      << "reactivating A next to a proven B";
+  EXPECT_EQ(reg_->SetCertStatus(a_.id, CertStatus::kActive, kNow).code(), Code::kAlreadyExists);
+  EXPECT_EQ(raw.Exec("INSERT INTO certificates(id, thing_name, serial, subject, not_before, not_after, issued_at, "
+                     "status, source, pem) VALUES ('" + HexId("x") + "', 'gw-1', '0BFF', 'CN=gw-1', 1, 2, 1, "
+                     "'ACTIVE', 'raw', 'x')"),
+            SQLITE_CONSTRAINT_UNIQUE)
+      << "a second current certificate";
+}
+
+TEST_F(RotationRegistryTest, FinishedPublishedRequestsAreListedUntilCleared) {
+  ASSERT_TRUE(reg_->CreateRotation(MakeRotation(RotId(1), "gw-1")).ok());
+  EXPECT_TRUE(reg_->ListRotationsToClear(10)->empty()) << "pending";
+  EXPECT_EQ(reg_->MarkRotationCleared(RotId(1), kNow).code(), Code::kNotFound);
+  ASSERT_TRUE(reg_->MarkRotationPublished(RotId(1), kNow).ok());
+  ASSERT_TRUE(reg_->CancelRotation(RotId(1)).ok());
+  // Never published: nothing to clear.
+  ASSERT_TRUE(reg_->CreateRotation(MakeRotation(RotId(2), "gw-1")).ok());
+  ASSERT_TRUE(reg_->CancelRotation(RotId(2)).ok());
+  auto to_clear = reg_->ListRotationsToClear(10);
+  ASSERT_TRUE(to_clear);
+  ASSERT_EQ(to_clear->size(), 1u);
+  EXPECT_EQ((*to_clear)[0].id, RotId(1));
+  ASSERT_TRUE(reg_->MarkRotationCleared(RotId(1), kNow + seconds(1)).ok());
+  EXPECT_EQ(reg_->FindRotation(RotId(1)).value()->cleared_at, kNow + seconds(1));
+  EXPECT_TRUE(reg_->ListRotationsToClear(10)->empty());
+  EXPECT_EQ(reg_->MarkRotationCleared(RotId(2), kNow).code(), Code::kNotFound);
+}
+
+TEST_F(RotationRegistryTest, ThingsExpiringBefore) {
+  CertRecord other = MakeCert("gw-2", "0C01");
+  other.not_after = kNow + hours(24 * 200);
+  ASSERT_TRUE(reg_->RecordIssued(Plain(other), kNow).ok());
+  // gw-1's current certificate B expires at kNow + 1h + 90d.
+  auto soon = reg_->ListThingsExpiringBefore(kNow + hours(24 * 100), 100);
+  ASSERT_TRUE(soon);
+  ASSERT_EQ(soon->size(), 1u);
+  EXPECT_EQ((*soon)[0].name, "gw-1");
+  EXPECT_EQ((*soon)[0].current_cert_id, b_.id);
+  EXPECT_EQ(reg_->ListThingsExpiringBefore(kNow + hours(24 * 300), 100)->size(), 2u);
+  EXPECT_TRUE(reg_->ListThingsExpiringBefore(kNow, 100)->empty());
 }
 
 }  // namespace

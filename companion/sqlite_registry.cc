@@ -8,6 +8,7 @@
 
 #include "companion/registry.h"
 #include "shared/sqlite/sqlite.h"
+#include "shared/wire/rotation.h"
 
 namespace certfleet::companion {
 
@@ -38,6 +39,22 @@ Result<CertStatus> ParseCertStatus(std::string_view s) {
     if (CertStatusName(c) == s) return c;
   }
   return shared::Error(Code::kDataLoss, "unknown certificate status '" + std::string(s) + "'");
+}
+
+std::string_view RotationStateName(RotationState s) {
+  switch (s) {
+    case RotationState::kPending: return "PENDING";
+    case RotationState::kCompleted: return "COMPLETED";
+    case RotationState::kCancelled: return "CANCELLED";
+  }
+  return "UNKNOWN";
+}
+
+Result<RotationState> ParseRotationState(std::string_view s) {
+  for (RotationState r : {RotationState::kPending, RotationState::kCompleted, RotationState::kCancelled}) {
+    if (RotationStateName(r) == s) return r;
+  }
+  return shared::Error(Code::kInvalidArgument, "unknown rotation state '" + std::string(s) + "'");
 }
 
 namespace {
@@ -132,14 +149,57 @@ ALTER TABLE things ADD COLUMN thing_type TEXT NOT NULL DEFAULT '';
 ALTER TABLE things ADD COLUMN policy_name TEXT NOT NULL DEFAULT '';
 )sql";
 
-const std::vector<std::string_view> kMigrations = {kMigration1, kMigration2, kMigration3};
+// Rotation: requests to things, proof that a device holds its new certificate, and the
+// grace window of the certificates it replaces (docs/rotation.md).
+constexpr std::string_view kMigration4 = R"sql(
+ALTER TABLE certificates ADD COLUMN proven_at INTEGER;
+ALTER TABLE certificates ADD COLUMN retire_at INTEGER CHECK (retire_at IS NULL OR superseded_by IS NOT NULL);
+CREATE INDEX certificates_by_retire_at ON certificates(retire_at) WHERE retire_at IS NOT NULL;
+
+-- The invariant: at most one ACTIVE certificate per thing outside a grace window. While
+-- a thing's current certificate is unproven, a rotation is under way and its
+-- predecessors stay ACTIVE (the device may still hold only the old key). Once the current
+-- certificate is proven, every other ACTIVE certificate of the thing must carry the end
+-- of its grace window (retire_at), which the lifecycle sweep enforces.
+CREATE TRIGGER proof_requires_grace_windows BEFORE UPDATE OF proven_at ON certificates
+  WHEN NEW.proven_at IS NOT NULL AND (NEW.status <> 'ACTIVE' OR NEW.superseded_by IS NOT NULL OR EXISTS (
+    SELECT 1 FROM certificates WHERE thing_name = NEW.thing_name AND id <> NEW.id AND status = 'ACTIVE'
+      AND retire_at IS NULL))
+  BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: one ACTIVE certificate per thing outside the grace window'); END;
+CREATE TRIGGER reactivation_requires_grace_window BEFORE UPDATE OF status ON certificates
+  WHEN NEW.status = 'ACTIVE' AND NEW.superseded_by IS NOT NULL AND NEW.retire_at IS NULL AND EXISTS (
+    SELECT 1 FROM certificates WHERE thing_name = NEW.thing_name AND status = 'ACTIVE' AND superseded_by IS NULL
+      AND proven_at IS NOT NULL)
+  BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: one ACTIVE certificate per thing outside the grace window'); END;
+
+CREATE TABLE rotation_requests (
+  id            TEXT PRIMARY KEY CHECK (length(id) = 32 AND id NOT GLOB '*[^0-9a-f]*'),
+  thing_name    TEXT NOT NULL REFERENCES things(name),
+  reason        TEXT NOT NULL CHECK (length(CAST(reason AS BLOB)) BETWEEN 1 AND 256),
+  created_at    INTEGER NOT NULL,
+  deadline      INTEGER NOT NULL CHECK (deadline >= created_at),
+  state         TEXT NOT NULL CHECK (state IN ('PENDING', 'COMPLETED', 'CANCELLED')),
+  published_at  INTEGER,
+  cleared_at    INTEGER CHECK (cleared_at IS NULL OR (published_at IS NOT NULL AND state <> 'PENDING')),
+  completed_at  INTEGER,
+  new_cert_id   TEXT REFERENCES certificates(id),
+  created_by    TEXT NOT NULL,
+  CHECK ((state = 'COMPLETED') = (completed_at IS NOT NULL)),
+  CHECK ((state = 'COMPLETED') = (new_cert_id IS NOT NULL))
+) STRICT;
+-- At most one pending request per thing.
+CREATE UNIQUE INDEX one_pending_rotation_per_thing ON rotation_requests(thing_name) WHERE state = 'PENDING';
+CREATE INDEX rotation_requests_by_thing ON rotation_requests(thing_name, created_at);
+)sql";
+
+const std::vector<std::string_view> kMigrations = {kMigration1, kMigration2, kMigration3, kMigration4};
 
 int64_t Secs(WallTime t) { return shared::ToUnixSeconds(t); }
 WallTime Wall(int64_t s) { return shared::FromUnixSeconds(s); }
 
 constexpr std::string_view kCertColumns =
     "id, thing_name, serial, subject, not_before, not_after, issued_at, status, source, superseded_by, "
-    "superseded_at, pem, status_changed_at";
+    "superseded_at, pem, status_changed_at, proven_at, retire_at";
 
 Result<CertRecord> ReadCert(const Statement& st) {
   CertRecord c;
@@ -156,7 +216,29 @@ Result<CertRecord> ReadCert(const Statement& st) {
   if (!st.IsNull(10)) c.superseded_at = Wall(st.Int(10));
   c.pem = st.Text(11);
   c.status_changed_at = st.IsNull(12) ? c.issued_at : Wall(st.Int(12));
+  if (!st.IsNull(13)) c.proven_at = Wall(st.Int(13));
+  if (!st.IsNull(14)) c.retire_at = Wall(st.Int(14));
   return c;
+}
+
+constexpr std::string_view kRotationColumns =
+    "id, thing_name, reason, created_at, deadline, state, published_at, completed_at, new_cert_id, created_by, "
+    "cleared_at";
+
+Result<RotationRecord> ReadRotation(const Statement& st) {
+  RotationRecord r;
+  r.id = st.Text(0);
+  r.thing_name = st.Text(1);
+  r.reason = st.Text(2);
+  r.created_at = Wall(st.Int(3));
+  r.deadline = Wall(st.Int(4));
+  CF_ASSIGN_OR_RETURN(r.state, ParseRotationState(st.Text(5)));
+  if (!st.IsNull(6)) r.published_at = Wall(st.Int(6));
+  if (!st.IsNull(7)) r.completed_at = Wall(st.Int(7));
+  if (!st.IsNull(8)) r.new_cert_id = st.Text(8);
+  r.created_by = st.Text(9);
+  if (!st.IsNull(10)) r.cleared_at = Wall(st.Int(10));
+  return r;
 }
 
 // A cached prepared statement, reset (bindings cleared, read snapshot released) when
@@ -443,7 +525,248 @@ class SqliteRegistry final : public Registry {
     return out;
   }
 
+  Status CreateRotation(const RotationRecord& r) override {
+    CF_RETURN_IF_ERROR(shared::ValidateRotationId(r.id));
+    if (r.reason.empty() || r.reason.size() > shared::kMaxRotationReasonLength) {
+      return Status(Code::kInvalidArgument, "rotation reason must be 1-256 bytes");
+    }
+    if (r.deadline < r.created_at) return Status(Code::kInvalidArgument, "rotation deadline is before its creation");
+    if (r.state != RotationState::kPending || r.published_at || r.completed_at || r.new_cert_id) {
+      return Status(Code::kInvalidArgument, "a new rotation request is PENDING and unpublished");
+    }
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_));
+    CF_ASSIGN_OR_RETURN(StatementLease t, Use("SELECT 1 FROM things WHERE name = ?1"));
+    t->Bind(1, r.thing_name);
+    CF_ASSIGN_OR_RETURN(bool thing_found, t->Step());
+    if (!thing_found) return Status(Code::kNotFound, "no thing '" + r.thing_name + "'");
+    CF_ASSIGN_OR_RETURN(std::optional<RotationRecord> pending, FindPendingRotationLocked(r.thing_name));
+    if (pending) {
+      return Status(Code::kAlreadyExists, "thing '" + r.thing_name + "' already has a pending rotation " + pending->id);
+    }
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "INSERT INTO rotation_requests(id, thing_name, reason, created_at, deadline, state, created_by) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, 'PENDING', ?6)"));
+    q->Bind(1, r.id).Bind(2, r.thing_name).Bind(3, r.reason).Bind(4, Secs(r.created_at)).Bind(5, Secs(r.deadline));
+    q->Bind(6, r.created_by);
+    CF_RETURN_IF_ERROR(q->Run());
+    return tx.Commit();
+  }
+
+  Result<std::vector<RotationRecord>> ListRotations(const RotationFilter& f, int64_t limit) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "SELECT " + std::string(kRotationColumns) + " FROM rotation_requests WHERE (?1 = '' OR state = ?1) "
+        "AND (?2 = '' OR thing_name = ?2) ORDER BY created_at DESC, rowid DESC LIMIT ?3"));
+    q->Bind(1, f.state ? RotationStateName(*f.state) : std::string_view("")).Bind(2, f.thing).Bind(3, limit);
+    std::vector<RotationRecord> out;
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      CF_ASSIGN_OR_RETURN(RotationRecord r, ReadRotation(*q));
+      out.push_back(std::move(r));
+    }
+    return out;
+  }
+
+  Result<std::optional<RotationRecord>> FindRotation(const std::string& id) override {
+    std::lock_guard lock(mu_);
+    return FindRotationLocked(id);
+  }
+
+  Result<std::optional<RotationRecord>> FindPendingRotation(const std::string& thing) override {
+    std::lock_guard lock(mu_);
+    return FindPendingRotationLocked(thing);
+  }
+
+  Status MarkRotationPublished(const std::string& id, WallTime now) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "UPDATE rotation_requests SET published_at = ?2 WHERE id = ?1 AND state = 'PENDING'"));
+    q->Bind(1, id).Bind(2, Secs(now));
+    CF_RETURN_IF_ERROR(q->Run());
+    if (db_.Changes() != 1) return Status(Code::kNotFound, "no pending rotation " + id);
+    return Status::Ok();
+  }
+
+  Result<std::vector<RotationRecord>> ListRotationsToClear(int64_t limit) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "SELECT " + std::string(kRotationColumns) + " FROM rotation_requests WHERE state <> 'PENDING' "
+        "AND published_at IS NOT NULL AND cleared_at IS NULL ORDER BY created_at, rowid LIMIT ?1"));
+    q->Bind(1, limit);
+    std::vector<RotationRecord> out;
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      CF_ASSIGN_OR_RETURN(RotationRecord r, ReadRotation(*q));
+      out.push_back(std::move(r));
+    }
+    return out;
+  }
+
+  Status MarkRotationCleared(const std::string& id, WallTime now) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "UPDATE rotation_requests SET cleared_at = ?2 WHERE id = ?1 AND state <> 'PENDING' AND published_at IS NOT NULL"));
+    q->Bind(1, id).Bind(2, Secs(now));
+    CF_RETURN_IF_ERROR(q->Run());
+    if (db_.Changes() != 1) return Status(Code::kNotFound, "no published, finished rotation " + id);
+    return Status::Ok();
+  }
+
+  Result<RotationCompletion> CompleteRotation(const RotationProof& p) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_));
+    CF_ASSIGN_OR_RETURN(StatementLease c, Use(
+        "SELECT thing_name, status, superseded_by IS NULL, proven_at IS NOT NULL FROM certificates WHERE id = ?1"));
+    c->Bind(1, p.new_cert_id);
+    CF_ASSIGN_OR_RETURN(bool cert_found, c->Step());
+    if (!cert_found || c->Text(0) != p.thing_name) {
+      return shared::Error(Code::kFailedPrecondition, "certificate " + p.new_cert_id + " is not thing '" +
+                                                          p.thing_name + "''s");
+    }
+    if (c->Text(1) != CertStatusName(CertStatus::kActive) || c->Int(2) == 0) {
+      return shared::Error(Code::kFailedPrecondition, "certificate " + p.new_cert_id + " is not the thing's current ACTIVE certificate");
+    }
+    const bool already_proven = c->Int(3) != 0;
+    CF_ASSIGN_OR_RETURN(std::optional<RotationRecord> pending, FindPendingRotationLocked(p.thing_name));
+    RotationCompletion out;
+    if (!p.rotation_id.empty()) {
+      if (!pending || pending->id != p.rotation_id) {
+        return shared::Error(Code::kFailedPrecondition, "rotation " + p.rotation_id + " is not thing '" + p.thing_name +
+                                                            "''s pending rotation");
+      }
+    } else if (already_proven) {
+      return shared::Error(Code::kAlreadyExists, "certificate " + p.new_cert_id + " is already proven");
+    }
+    if (pending) {
+      CF_ASSIGN_OR_RETURN(StatementLease done, Use(
+          "UPDATE rotation_requests SET state = 'COMPLETED', completed_at = ?2, new_cert_id = ?3 WHERE id = ?1"));
+      done->Bind(1, pending->id).Bind(2, Secs(p.now)).Bind(3, p.new_cert_id);
+      CF_RETURN_IF_ERROR(done->Run());
+      out.completed_rotation_id = pending->id;
+    }
+    // Grace windows first: the trigger refuses a proof that leaves an ACTIVE certificate without one.
+    CF_ASSIGN_OR_RETURN(StatementLease others, Use(
+        "SELECT id FROM certificates WHERE thing_name = ?1 AND id <> ?2 AND status = 'ACTIVE' AND retire_at IS NULL"));
+    others->Bind(1, p.thing_name).Bind(2, p.new_cert_id);
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, others->Step());
+      if (!row) break;
+      out.retiring_cert_ids.push_back(others->Text(0));
+    }
+    for (const auto& id : out.retiring_cert_ids) {
+      CF_ASSIGN_OR_RETURN(StatementLease r, Use("UPDATE certificates SET retire_at = ?2 WHERE id = ?1"));
+      r->Bind(1, id).Bind(2, Secs(p.now + p.grace));
+      CF_RETURN_IF_ERROR(r->Run());
+    }
+    if (!already_proven) {
+      CF_ASSIGN_OR_RETURN(StatementLease proven, Use("UPDATE certificates SET proven_at = ?2 WHERE id = ?1"));
+      proven->Bind(1, p.new_cert_id).Bind(2, Secs(p.now));
+      CF_RETURN_IF_ERROR(proven->Run());
+    }
+    CF_RETURN_IF_ERROR(tx.Commit());
+    return out;
+  }
+
+  Status CancelRotation(const std::string& id) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_));
+    CF_ASSIGN_OR_RETURN(std::optional<RotationRecord> r, FindRotationLocked(id));
+    if (!r) return Status(Code::kNotFound, "no rotation " + id);
+    if (r->state != RotationState::kPending) {
+      return Status(Code::kFailedPrecondition, "rotation " + id + " is " + std::string(RotationStateName(r->state)));
+    }
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use("UPDATE rotation_requests SET state = 'CANCELLED' WHERE id = ?1"));
+    q->Bind(1, id);
+    CF_RETURN_IF_ERROR(q->Run());
+    return tx.Commit();
+  }
+
+  Result<std::vector<ThingRecord>> ListThingsExpiringBefore(WallTime t, int64_t limit) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "SELECT t.name, t.created_at, c.id, c.not_after FROM things t JOIN certificates c "
+        "ON c.thing_name = t.name AND c.status = 'ACTIVE' AND c.superseded_by IS NULL "
+        "WHERE c.not_after < ?1 ORDER BY t.name LIMIT ?2"));
+    q->Bind(1, Secs(t)).Bind(2, limit);
+    std::vector<ThingRecord> out;
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      out.push_back({q->Text(0), Wall(q->Int(1)), q->Text(2), Wall(q->Int(3))});
+    }
+    return out;
+  }
+
+  Result<std::vector<CertTransition>> SweepCertificates(WallTime now, std::chrono::seconds revoke_after) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_));
+    std::vector<CertTransition> out;
+    auto collect = [&](std::string_view sql, int64_t bound, CertStatus from, CertStatus to) -> Status {
+      CF_ASSIGN_OR_RETURN(StatementLease q, Use(sql));
+      q->Bind(1, bound);
+      for (;;) {
+        CF_ASSIGN_OR_RETURN(bool row, q->Step());
+        if (!row) break;
+        out.push_back({q->Text(0), q->Text(1), from, to});
+      }
+      return Status::Ok();
+    };
+    const size_t before = out.size();
+    CF_RETURN_IF_ERROR(collect("SELECT id, thing_name FROM certificates WHERE status = 'ACTIVE' AND retire_at <= ?1 "
+                               "ORDER BY retire_at, id",
+                               Secs(now), CertStatus::kActive, CertStatus::kInactive));
+    for (size_t i = before; i < out.size(); ++i) {
+      CF_ASSIGN_OR_RETURN(StatementLease u, Use(
+          "UPDATE certificates SET status = 'INACTIVE', status_changed_at = ?2 WHERE id = ?1"));
+      u->Bind(1, out[i].cert_id).Bind(2, Secs(now));
+      CF_RETURN_IF_ERROR(u->Run());
+    }
+    const size_t deactivated = out.size();
+    CF_RETURN_IF_ERROR(collect("SELECT id, thing_name FROM certificates WHERE status = 'INACTIVE' AND retire_at <= ?1 "
+                               "ORDER BY retire_at, id",
+                               Secs(now) - revoke_after.count(), CertStatus::kInactive, CertStatus::kRevoked));
+    for (size_t i = deactivated; i < out.size(); ++i) {
+      CF_ASSIGN_OR_RETURN(StatementLease u, Use(
+          "UPDATE certificates SET status = 'REVOKED', status_changed_at = ?2 WHERE id = ?1"));
+      u->Bind(1, out[i].cert_id).Bind(2, Secs(now));
+      CF_RETURN_IF_ERROR(u->Run());
+    }
+    CF_RETURN_IF_ERROR(tx.Commit());
+    return out;
+  }
+
+  Result<int64_t> CountRevokedCerts() override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use("SELECT COUNT(*) FROM certificates WHERE status = 'REVOKED'"));
+    CF_ASSIGN_OR_RETURN(bool row, q->Step());
+    if (!row) return shared::Error(Code::kInternal, "COUNT returned no row");
+    return q->Int(0);
+  }
+
  private:
+  Result<std::optional<RotationRecord>> FindRotationLocked(const std::string& id) {
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use("SELECT " + std::string(kRotationColumns) +
+                                                 " FROM rotation_requests WHERE id = ?1"));
+    q->Bind(1, id);
+    CF_ASSIGN_OR_RETURN(bool row, q->Step());
+    if (!row) return std::optional<RotationRecord>();
+    CF_ASSIGN_OR_RETURN(RotationRecord r, ReadRotation(*q));
+    return std::optional<RotationRecord>(std::move(r));
+  }
+
+  Result<std::optional<RotationRecord>> FindPendingRotationLocked(const std::string& thing) {
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use("SELECT " + std::string(kRotationColumns) +
+                                                 " FROM rotation_requests WHERE thing_name = ?1 AND state = 'PENDING'"));
+    q->Bind(1, thing);
+    CF_ASSIGN_OR_RETURN(bool row, q->Step());
+    if (!row) return std::optional<RotationRecord>();
+    CF_ASSIGN_OR_RETURN(RotationRecord r, ReadRotation(*q));
+    return std::optional<RotationRecord>(std::move(r));
+  }
+
   Result<PendingCert> FindPendingLocked(const std::string& token_hash, WallTime now) {
     CF_ASSIGN_OR_RETURN(StatementLease q, Use(
         "SELECT id, serial, subject, not_before, not_after, issued_at, pem, claim_subject, client_id, expires_at "

@@ -109,6 +109,21 @@ void MqttClient::SetConnectionHandler(ConnectionHandler handler) {
   on_connection_ = std::move(handler);
 }
 
+void MqttClient::AddStandingSubscriptions(std::vector<std::string> filters, int qos) {
+  std::lock_guard lock(mu_);
+  for (auto& f : filters) extra_filters_.emplace_back(std::move(f), qos);
+}
+
+void MqttClient::AddMessageRoute(std::string filter, MessageHandler handler) {
+  std::lock_guard lock(mu_);
+  routes_.emplace_back(std::move(filter), std::move(handler));
+}
+
+void MqttClient::AddConnectionHandler(ConnectionHandler handler) {
+  std::lock_guard lock(mu_);
+  extra_connection_handlers_.push_back(std::move(handler));
+}
+
 bool MqttClient::connected() const {
   std::lock_guard lock(mu_);
   return connected_;
@@ -196,18 +211,19 @@ void MqttClient::Disconnect() {
 void MqttClient::OnConnect(mosquitto*, void* self, int rc) {
   auto* c = static_cast<MqttClient*>(self);
   ConnectionHandler handler;
-  std::vector<std::string> filters;
-  int qos = 1;
+  std::vector<ConnectionHandler> extra_handlers;
+  std::vector<std::pair<std::string, int>> filters;
   {
     std::lock_guard lock(c->mu_);
     c->connack_rc_ = rc;
     c->connected_ = rc == 0;
     handler = c->on_connection_;
-    filters = c->standing_filters_;
-    qos = c->standing_qos_;
+    extra_handlers = c->extra_connection_handlers_;
+    for (const auto& f : c->standing_filters_) filters.emplace_back(f, c->standing_qos_);
+    filters.insert(filters.end(), c->extra_filters_.begin(), c->extra_filters_.end());
   }
   if (rc == 0) {
-    for (const auto& f : filters) {
+    for (const auto& [f, qos] : filters) {
       int sub_rc = mosquitto_subscribe(c->mosq_, nullptr, f.c_str(), qos);
       if (sub_rc != MOSQ_ERR_SUCCESS) {
         c->log_.Error("MQTT subscribe failed", {{"filter", f}, {"error", mosquitto_strerror(sub_rc)}});
@@ -217,21 +233,25 @@ void MqttClient::OnConnect(mosquitto*, void* self, int rc) {
   c->cv_.notify_all();
   if (rc == 0) c->log_.Debug("MQTT connected", {{"client_id", c->options_.client_id}});
   if (handler) handler(rc == 0);
+  for (const auto& h : extra_handlers) h(rc == 0);
 }
 
 void MqttClient::OnDisconnect(mosquitto*, void* self, int rc) {
   auto* c = static_cast<MqttClient*>(self);
   ConnectionHandler handler;
+  std::vector<ConnectionHandler> extra_handlers;
   {
     std::lock_guard lock(c->mu_);
     c->connected_ = false;
     // A TLS or network failure before CONNACK ends the wait too.
     if (c->connack_rc_ < 0) c->connack_rc_ = rc == 0 ? 255 : 256;
     handler = c->on_connection_;
+    extra_handlers = c->extra_connection_handlers_;
   }
   c->cv_.notify_all();
   if (rc != 0) c->log_.Warn("MQTT connection lost", {{"client_id", c->options_.client_id}, {"reason", mosquitto_strerror(rc)}});
   if (handler) handler(false);
+  for (const auto& h : extra_handlers) h(false);
 }
 
 void MqttClient::OnSubscribe(mosquitto*, void* self, int mid, int count, const int* granted) {
@@ -254,12 +274,20 @@ void MqttClient::OnPublish(mosquitto*, void* self, int mid) {
 
 void MqttClient::OnMessage(mosquitto*, void* self, const mosquitto_message* m) {
   auto* c = static_cast<MqttClient*>(self);
+  if (m == nullptr || m->topic == nullptr) return;
   MessageHandler handler;
   {
     std::lock_guard lock(c->mu_);
     handler = c->on_message_;
+    for (const auto& [filter, route] : c->routes_) {
+      bool match = false;
+      if (mosquitto_topic_matches_sub(filter.c_str(), m->topic, &match) == MOSQ_ERR_SUCCESS && match) {
+        handler = route;
+        break;
+      }
+    }
   }
-  if (!handler || m == nullptr || m->topic == nullptr) return;
+  if (!handler) return;
   MqttMessage msg{m->topic, std::string(static_cast<const char*>(m->payload), static_cast<size_t>(m->payloadlen)),
                   m->retain};
   try {

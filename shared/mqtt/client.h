@@ -17,6 +17,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "shared/core/handles.h"
@@ -72,6 +73,15 @@ class MqttClient {
   void SetStandingSubscriptions(std::vector<std::string> filters, int qos);
   void SetConnectionHandler(ConnectionHandler handler);
 
+  // For several services sharing one client (set before Connect):
+  // Appends standing subscriptions to those of SetStandingSubscriptions.
+  void AddStandingSubscriptions(std::vector<std::string> filters, int qos);
+  // Messages whose topic matches `filter` (a plain filter, without "$share/<group>/") go
+  // to `handler` instead of the SetMessageHandler one; the first matching route wins.
+  void AddMessageRoute(std::string filter, MessageHandler handler);
+  // Called after the SetConnectionHandler one, in the order added.
+  void AddConnectionHandler(ConnectionHandler handler);
+
   // Connects and starts the network thread; waits for CONNACK until `timeout`.
   // kUnavailable (network, TLS, refused) or kPermissionDenied (broker said not authorized).
   // After a connection is lost the loop reconnects by itself with capped backoff.
@@ -113,6 +123,9 @@ class MqttClient {
   std::vector<std::string> standing_filters_;
   int standing_qos_ = 1;
   ConnectionHandler on_connection_;
+  std::vector<std::pair<std::string, int>> extra_filters_;  // filter, qos
+  std::vector<std::pair<std::string, MessageHandler>> routes_;
+  std::vector<ConnectionHandler> extra_connection_handlers_;
 };
 
 // mosquitto_lib_init / cleanup for main().
