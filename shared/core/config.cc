@@ -68,6 +68,36 @@ Result<std::vector<std::string>> ConfigValue::AsStringList() const {
   return out;
 }
 
+Status ConfigValue::ForEachTableEntry(
+    const std::function<Status(size_t index, const std::string& key, const ConfigValue& value)>& visit) const {
+  const toml::array* arr = node_.as_array();
+  if (arr == nullptr) return Status(Code::kInvalidArgument, "expected an array of tables, got " + TypeName(node_));
+  for (size_t i = 0; i < arr->size(); ++i) {
+    const toml::table* table = (*arr)[i].as_table();
+    if (table == nullptr) return Status(Code::kInvalidArgument, "expected an array of tables, found a " + TypeName((*arr)[i]));
+    std::function<Status(const toml::table&, const std::string&)> walk = [&](const toml::table& t,
+                                                                            const std::string& prefix) -> Status {
+      for (const auto& [key, node] : t) {
+        std::string full = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
+        if (const toml::table* sub = node.as_table()) {
+          Status st = walk(*sub, full);
+          if (!st.ok()) return st;
+          continue;
+        }
+        Status st = visit(i, full, ConfigValue(node));
+        if (!st.ok()) {
+          return st.WithContext("entry " + std::to_string(i + 1) + ", key '" + full + "', line " +
+                                std::to_string(node.source().begin.line));
+        }
+      }
+      return Status::Ok();
+    };
+    Status st = walk(*table, "");
+    if (!st.ok()) return st;
+  }
+  return Status::Ok();
+}
+
 namespace config_internal {
 
 Status Walk(std::string_view text, const std::string& source,

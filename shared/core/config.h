@@ -35,6 +35,11 @@ class ConfigValue {
   Result<bool> AsBool() const;
   Result<double> AsDouble() const;
   Result<std::vector<std::string>> AsStringList() const;
+  // For an array of tables (`[[name]]`): calls `visit(index, key, value)` for every leaf
+  // of every table, nested keys joined with '.'. kInvalidArgument if this is not an array
+  // of tables; errors from `visit` get "entry N, line L" as context.
+  Status ForEachTableEntry(
+      const std::function<Status(size_t index, const std::string& key, const ConfigValue& value)>& visit) const;
 
  private:
   const toml::node& node_;
