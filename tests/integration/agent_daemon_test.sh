@@ -6,10 +6,12 @@
 source "$(dirname "$0")/lib.sh"
 
 cd "$WORK"
+make_claim_ca
 THINGS_PORT=$(free_port)
 CLAIM_PORT=$(free_port)
 "$COMPANION" init --state-dir "$WORK/state" >/dev/null 2>&1
 CONFIG=$WORK/state/companion.toml
+set_config_key "$CONFIG" est bootstrap_trust_file "\"$WORK/claim-ca.pem\""
 cat >>"$CONFIG" <<TOML
 
 [mqtt]
@@ -85,7 +87,7 @@ cert_id() { openssl x509 -in gw/identity.pem -outform DER | sha256sum | cut -d' 
 
 start_agent
 check "the daemon enrolls and becomes active" wait_state state active 30
-check "the daemon's status socket answers" wait_for_file "$WORK/gw/run/control.sock" 5
+check "the control socket exists" test -S "$WORK/gw/run/control.sock"
 check "control socket mode" test "$(stat -c %a gw/run/control.sock)" = 600
 check "journal mode" test "$(stat -c %a gw/state/state.json)" = 600
 deadline=$((SECONDS + 20))
