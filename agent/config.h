@@ -4,6 +4,7 @@
 #include <chrono>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "hal/keystore.h"
 #include "shared/core/filesystem.h"
@@ -48,6 +49,45 @@ struct AgentConfig {
   } provisioning;
   hal::KeyStoreConfig keystore;
   std::string log_level = "info";
+
+  // ---- `certfleet-agent run` (the daemon) ----
+  struct Agent {
+    std::string state_dir = "/var/lib/certfleet-agent";
+    std::string control_socket = "/run/certfleet-agent/control.sock";
+    // Exists while the system clock is synchronised; "" disables the check.
+    std::string time_sync_file = "/run/systemd/timesync/synchronized";
+  } agent;
+  // The broker's things listener, for the daemon's session.
+  struct Mqtt {
+    std::string host = "127.0.0.1";
+    int port = 8883;
+    std::string broker_name;        // default: host
+    std::string trust_anchor_file;  // default: est.trust_anchor_file
+    std::chrono::seconds keepalive{60};
+    std::chrono::seconds timeout{30};  // CONNACK, PUBACK
+  } mqtt;
+  struct Renewal {
+    double threshold = 0.8;
+    int days_before_expiry = 0;  // > 0 replaces threshold
+    double jitter = 0.05;
+    std::chrono::seconds retry_base{60};
+    std::chrono::seconds retry_cap{6 * 3600};
+  } renewal;
+  // [[hooks.post_rotation]]
+  struct Hook {
+    std::vector<std::string> command;  // absolute path, then arguments; no shell
+    std::chrono::seconds timeout{60};
+  };
+  std::vector<Hook> post_rotation_hooks;
+  // [[export]]
+  struct Export {
+    std::string path;
+    std::string what = "chain";  // "chain" | "cert" | "ca"
+    mode_t mode = 0644;
+    std::string owner;  // user name; applied only when running as root
+    std::string group;
+  };
+  std::vector<Export> exports;
 };
 
 shared::Result<AgentConfig> ParseAgentConfig(std::string_view text, const std::string& source);

@@ -141,3 +141,102 @@ TEST(AgentConfigTest, LoadReadsThroughTheFilesystem) {
 
 }  // namespace
 }  // namespace certfleet::agent
+
+namespace certfleet::agent {
+namespace {
+
+const char kDaemon[] = R"(
+[agent]
+state_dir = "/var/lib/certfleet-agent"
+control_socket = "/run/certfleet-agent/control.sock"
+time_sync_file = ""
+
+[mqtt]
+host = "broker.fleet.example"
+port = 8883
+broker_name = "broker.fleet.example"
+trust_anchor_file = "/etc/certfleet/broker-ca.pem"
+keepalive = "45s"
+timeout = "20s"
+
+[renewal]
+threshold = 0.75
+days_before_expiry = 20
+jitter = 0.1
+retry_base = "30s"
+retry_cap = "2h"
+
+[[hooks.post_rotation]]
+command = ["/bin/systemctl", "reload", "nginx"]
+timeout = "30s"
+
+[[hooks.post_rotation]]
+command = ["/usr/local/bin/notify"]
+
+[[export]]
+path = "/etc/nginx/gw.pem"
+what = "chain"
+mode = "0640"
+owner = "root"
+group = "www-data"
+)";
+
+TEST(AgentConfigDaemonTest, ParsesDaemonKeys) {
+  auto cfg = ParseAgentConfig(kDaemon, "/etc/certfleet/agent.toml");
+  ASSERT_TRUE(cfg) << cfg.error().ToString();
+  EXPECT_EQ(cfg->agent.time_sync_file, "");
+  EXPECT_EQ(cfg->mqtt.host, "broker.fleet.example");
+  EXPECT_EQ(cfg->mqtt.keepalive, std::chrono::seconds(45));
+  EXPECT_DOUBLE_EQ(cfg->renewal.threshold, 0.75);
+  EXPECT_EQ(cfg->renewal.days_before_expiry, 20);
+  EXPECT_DOUBLE_EQ(cfg->renewal.jitter, 0.1);
+  EXPECT_EQ(cfg->renewal.retry_cap, std::chrono::hours(2));
+  ASSERT_EQ(cfg->post_rotation_hooks.size(), 2u);
+  EXPECT_EQ(cfg->post_rotation_hooks[0].command, (std::vector<std::string>{"/bin/systemctl", "reload", "nginx"}));
+  EXPECT_EQ(cfg->post_rotation_hooks[0].timeout, std::chrono::seconds(30));
+  EXPECT_EQ(cfg->post_rotation_hooks[1].timeout, std::chrono::seconds(60));
+  ASSERT_EQ(cfg->exports.size(), 1u);
+  EXPECT_EQ(cfg->exports[0].mode, 0640u);
+  EXPECT_EQ(cfg->exports[0].group, "www-data");
+}
+
+TEST(AgentConfigDaemonTest, DefaultsAreDocumented) {
+  auto cfg = ParseAgentConfig("", "/x.toml");
+  ASSERT_TRUE(cfg);
+  EXPECT_EQ(cfg->agent.state_dir, "/var/lib/certfleet-agent");
+  EXPECT_EQ(cfg->agent.control_socket, "/run/certfleet-agent/control.sock");
+  EXPECT_DOUBLE_EQ(cfg->renewal.threshold, 0.8);
+  EXPECT_DOUBLE_EQ(cfg->renewal.jitter, 0.05);
+  EXPECT_TRUE(cfg->post_rotation_hooks.empty());
+}
+
+TEST(AgentConfigDaemonTest, BadValuesNameFileAndLine) {
+  struct Case {
+    const char* text;
+    const char* needle;
+  } cases[] = {
+      {"[renewal]\nthreshold = 1.5\n", "/x.toml:2"},
+      {"[renewal]\nthreshold = 0\n", "out of range"},
+      {"[renewal]\njitter = 0.9\n", "out of range"},
+      {"[renewal]\nretry_base = \"1h\"\nretry_cap = \"1m\"\n", "retry_cap"},
+      {"[agent]\nstate_dir = \"relative\"\n", "/x.toml:2"},
+      {"[mqtt]\nport = 0\n", "/x.toml:2"},
+      {"[[hooks.post_rotation]]\ncommand = [\"systemctl\", \"reload\"]\n", "absolute path"},
+      {"[[hooks.post_rotation]]\ntimeout = \"5s\"\n", "no command"},
+      {"[[hooks.post_rotation]]\ncommand = [\"/bin/true\"]\nshell = true\n", "line 3"},
+      {"[[export]]\npath = \"/a.pem\"\nwhat = \"key\"\n", "chain"},
+      {"[[export]]\npath = \"/a.pem\"\nmode = \"0666\"\n", "writable"},
+      {"[[export]]\nwhat = \"cert\"\n", "no path"},
+      {"[[export]]\npath = \"/a.pem\"\nowner = \"a b\"\n", "owner"},
+      {"export = \"x\"\n", "array of tables"},
+  };
+  for (const auto& c : cases) {
+    auto cfg = ParseAgentConfig(c.text, "/x.toml");
+    ASSERT_FALSE(cfg) << c.text;
+    EXPECT_EQ(cfg.error().code(), shared::Code::kInvalidArgument) << c.text;
+    EXPECT_NE(cfg.error().message().find(c.needle), std::string::npos) << c.text << " -> " << cfg.error().ToString();
+  }
+}
+
+}  // namespace
+}  // namespace certfleet::agent

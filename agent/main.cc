@@ -1,6 +1,12 @@
-// certfleet-agent: the gateway side. This build provides the one-shot EST commands,
-// fleet provisioning by claim and key store maintenance.
+// certfleet-agent: the gateway side: the daemon (`run`), its control commands (`status`,
+// `renew --now`), the one-shot EST commands, fleet provisioning by claim and key store
+// maintenance.
 #include <curl/curl.h>
+#include <signal.h>
+
+#include <atomic>
+#include <future>
+#include <nlohmann/json.hpp>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -8,6 +14,11 @@
 #include <thread>
 
 #include "agent/config.h"
+#include "agent/control.h"
+#include "agent/daemon.h"
+#include "agent/daemon_io.h"
+#include "agent/journal.h"
+#include "agent/post_rotation.h"
 #include "agent/est_commands.h"
 #include "agent/provision.h"
 #include "hal/keystore.h"
@@ -15,6 +26,10 @@
 #include "shared/core/log.h"
 #include "shared/mqtt/client.h"
 #include "shared/x509/cert.h"
+
+#ifndef CERTFLEET_VERSION
+#define CERTFLEET_VERSION "0.0.0"
+#endif
 
 namespace cf = certfleet;
 namespace sh = certfleet::shared;
@@ -29,6 +44,202 @@ int Fail(const sh::Status& st) {
 std::string TrimNewline(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
   return s;
+}
+
+nlohmann::json SnapshotJson(const cf::agent::Journal& j, const std::string& cert_id, const std::string& serial,
+                            std::optional<sh::WallTime> not_after, std::optional<bool> connected) {
+  auto t = [](const std::optional<sh::WallTime>& w) { return w ? sh::FormatRfc3339(*w) : std::string(); };
+  nlohmann::json o = {
+      {"thingName", j.thing_name},
+      {"certificateId", cert_id},
+      {"serial", serial},
+      {"notAfter", t(not_after)},
+      {"state", std::string(cf::agent::StateName(j.state))},
+      {"keySlot", j.current_slot},
+      {"lastError", j.last_error},
+      {"lastRotation", t(j.last_rotation)},
+      {"nextRenewal", t(j.next_renewal)},
+      {"nextAttempt", t(j.next_attempt)},
+      {"failures", j.failures},
+      {"rotationRequested", j.rotation_requested},
+      {"lastTrustedTime", t(j.last_trusted_time)},
+  };
+  if (connected) o["connected"] = *connected;
+  return o;
+}
+
+// `status`: from the journal and the certificate file; works without the daemon.
+int StatusCommand(const cf::agent::AgentConfig& cfg, sh::Filesystem& fs, bool as_json) {
+  cf::agent::JournalStore store(fs, cfg.agent.state_dir);
+  auto loaded = store.Load();
+  if (!loaded) return Fail(loaded.error());
+  cf::agent::Journal j = loaded->value_or(cf::agent::Journal{});
+  std::string cert_id, serial;
+  std::optional<sh::WallTime> not_after;
+  if (auto pem = fs.ReadFile(cfg.identity.cert_file, 1 << 20)) {
+    if (auto cert = sh::CertFromPem(*pem)) {
+      sh::CertInfo info = sh::DescribeCert(cert->get());
+      cert_id = info.id;
+      serial = info.serial;
+      not_after = info.not_after;
+    }
+  }
+  std::optional<bool> connected;
+  if (auto answer = cf::agent::ControlRequest(cfg.agent.control_socket, "status", std::chrono::seconds(5))) {
+    auto live = nlohmann::json::parse(*answer, nullptr, false);
+    if (live.is_object() && live.contains("connected") && live["connected"].is_boolean()) connected = live["connected"].get<bool>();
+  }
+  nlohmann::json o = SnapshotJson(j, cert_id, serial, not_after, connected);
+  if (!loaded->has_value()) o["state"] = "unknown (no journal yet)";
+  if (as_json) {
+    std::printf("%s\n", o.dump().c_str());
+    return 0;
+  }
+  auto line = [](const char* k, const std::string& v) { std::printf("%-16s %s\n", k, v.empty() ? "-" : v.c_str()); };
+  line("thing:", o["thingName"]);
+  line("certificate id:", o["certificateId"]);
+  line("serial:", o["serial"]);
+  line("not after:", o["notAfter"]);
+  line("state:", o["state"]);
+  line("key slot:", o["keySlot"]);
+  line("daemon:", connected ? (*connected ? "running, connected" : "running, not connected") : "not reachable");
+  line("last rotation:", o["lastRotation"]);
+  line("next renewal:", o["nextRenewal"]);
+  line("next attempt:", o["nextAttempt"]);
+  line("last error:", o["lastError"]);
+  return 0;
+}
+
+int RunDaemon(const cf::agent::AgentConfig& cfg, const std::string& config_path, sh::Filesystem& fs, sh::Logger& log) {
+  namespace ag = cf::agent;
+  std::string anchor_file = cfg.est.trust_anchor_file;
+  if (anchor_file.empty()) return Fail(sh::Status(sh::Code::kInvalidArgument, "run needs est.trust_anchor_file"));
+  if (cfg.est.server.empty()) return Fail(sh::Status(sh::Code::kInvalidArgument, "run needs est.server"));
+  if (cfg.identity.cert_file.empty()) return Fail(sh::Status(sh::Code::kInvalidArgument, "run needs identity.cert_file"));
+  auto anchor = fs.ReadFile(anchor_file, 1 << 20);
+  if (!anchor) return Fail(anchor.error().WithContext(anchor_file));
+  std::string mqtt_anchor_file = cfg.mqtt.trust_anchor_file.empty() ? anchor_file : cfg.mqtt.trust_anchor_file;
+  auto mqtt_anchor = fs.ReadFile(mqtt_anchor_file, 1 << 20);
+  if (!mqtt_anchor) return Fail(mqtt_anchor.error().WithContext(mqtt_anchor_file));
+  auto keys = cf::hal::OpenKeyStore(cfg.keystore, fs);
+  if (!keys) return Fail(keys.error());
+  auto key_type = sh::ParseKeyType(cfg.identity.key_type);
+  if (!key_type) return Fail(key_type.error());
+
+  ag::MqttBroker broker({cfg.mqtt.host, cfg.mqtt.port, cfg.mqtt.broker_name, *mqtt_anchor,
+                         static_cast<int>(cfg.mqtt.keepalive.count()),
+                         std::chrono::duration_cast<std::chrono::milliseconds>(cfg.mqtt.timeout)},
+                        log);
+  ag::EstEnroller enroller({cfg.est.server, *anchor, cfg.est.tls12_only});
+
+  std::function<sh::Status()> bootstrap;
+  if (!cfg.provisioning.template_name.empty()) {
+    bootstrap = [&]() -> sh::Status {
+      auto po = ag::ProvisionOptionsFromConfig(cfg);
+      if (!po) return po.error().WithContext(config_path);
+      auto r = ag::RunProvision(*po, fs, sh::SystemClock::Instance(), log,
+                                [](std::chrono::milliseconds d) { std::this_thread::sleep_for(d); });
+      return r ? sh::Status::Ok() : r.error();
+    };
+  } else if (!cfg.est.user.empty() || !cfg.est.client_cert_file.empty()) {
+    bootstrap = [&]() -> sh::Status {
+      ag::EstCommandOptions o;
+      o.server = cfg.est.server;
+      o.trust_anchor_file = anchor_file;
+      o.user = cfg.est.user;
+      if (!cfg.est.password_file.empty()) {
+        auto pw = fs.ReadFile(cfg.est.password_file, 4096);
+        if (!pw) return pw.error().WithContext(cfg.est.password_file);
+        o.password = TrimNewline(*pw);
+      }
+      o.client_cert_file = cfg.est.client_cert_file;
+      o.client_key_slot = cfg.est.client_key_slot;
+      o.common_name = cfg.identity.common_name;
+      o.key_type = *key_type;
+      o.keystore = cfg.keystore;
+      o.key_slot = cfg.identity.key_slot;
+      o.out_file = cfg.identity.cert_file;
+      o.tls12_only = cfg.est.tls12_only;
+      auto r = ag::RunEnroll(o, fs, sh::SystemClock::Instance(), log);
+      return r ? sh::Status::Ok() : r.error();
+    };
+  }
+
+  ag::DaemonOptions d;
+  d.cert_file = cfg.identity.cert_file;
+  d.key_slot = cfg.identity.key_slot;
+  d.key_type = *key_type;
+  d.trust_anchor_pem = *anchor;
+  d.state_dir = cfg.agent.state_dir;
+  d.renewal.threshold = cfg.renewal.threshold;
+  d.renewal.before_expiry = std::chrono::hours(24) * cfg.renewal.days_before_expiry;
+  d.renewal.jitter = cfg.renewal.jitter;
+  d.renewal.retry_base = cfg.renewal.retry_base;
+  d.renewal.retry_cap = cfg.renewal.retry_cap;
+  d.time_sync_file = cfg.agent.time_sync_file;
+  d.agent_version = CERTFLEET_VERSION;
+  ag::Daemon daemon(d, ag::DaemonDeps{fs, **keys, sh::SystemClock::Instance(), log, broker, enroller, bootstrap,
+                                      [&](const ag::CommittedIdentity& id) { ag::RunPostRotation(cfg, id, log); }});
+
+  // Signals go to one thread that stops the loop; every other thread keeps them blocked.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::atomic<bool> stop{false};
+
+  std::string socket_dir = sh::DirName(cfg.agent.control_socket);
+  if (!fs.Exists(socket_dir)) {
+    sh::Status st = fs.MakeDirs(socket_dir, 0700);
+    if (!st.ok()) return Fail(st.WithContext(socket_dir));
+  }
+  auto control = ag::ControlServer::Start(
+      cfg.agent.control_socket,
+      [&](const std::string& command) -> std::string {
+        if (command == "status") {
+          ag::DaemonSnapshot s = daemon.Snapshot();
+          nlohmann::json o = SnapshotJson(s.journal, s.certificate_id, s.serial, s.not_after, s.connected);
+          o["clockTrusted"] = s.clock_trusted;
+          o["clockReason"] = s.clock_reason;
+          return o.dump();
+        }
+        if (command == "renew") {
+          auto promise = std::make_shared<std::promise<std::string>>();
+          auto future = promise->get_future();
+          daemon.RequestRenewal([promise](const std::string& r) { promise->set_value(r); });
+          if (future.wait_for(std::chrono::minutes(15)) != std::future_status::ready) {
+            return "error the rotation did not finish within 15 minutes; see `certfleet-agent status`";
+          }
+          return future.get();
+        }
+        return "error unknown command (status, renew)";
+      },
+      log);
+  if (!control) return Fail(control.error());
+
+  sh::Status st = daemon.Start();
+  if (!st.ok()) return Fail(st);
+  std::thread signal_thread([&] {
+    int sig = 0;
+    while (sigwait(&signals, &sig) == 0) {
+      if (sig == SIGHUP) {
+        log.Info("SIGHUP: configuration reload is not supported yet; restart the service to apply changes");
+        continue;
+      }
+      break;
+    }
+    log.Info("stopping", {{"signal", std::to_string(sig)}});
+    stop = true;
+    daemon.Wake();
+  });
+  log.Info("certfleet-agent running", {{"version", CERTFLEET_VERSION}, {"state_dir", cfg.agent.state_dir}});
+  daemon.Run(stop);
+  if (!stop) pthread_kill(signal_thread.native_handle(), SIGTERM);
+  signal_thread.join();
+  control->reset();
+  return 0;
 }
 
 }  // namespace
@@ -92,6 +303,17 @@ int main(int argc, char** argv) {
   provision->add_option("--config", config_path, "agent.toml with a [provisioning] table (required)");
   provision->add_flag("-v,--verbose", verbose, "log progress to stderr");
 
+  auto* run = app.add_subcommand("run", "the daemon: keep this gateway's identity alive (needs --config)");
+  run->add_option("--config", config_path, "agent.toml");
+  run->add_flag("-v,--verbose", verbose, "log everything");
+  bool as_json = false, renew_now = false;
+  auto* status = app.add_subcommand("status", "identity, expiry, state, last error, next planned renewal");
+  status->add_option("--config", config_path, "agent.toml");
+  status->add_flag("--json", as_json, "one JSON object");
+  auto* renew = app.add_subcommand("renew", "ask the running daemon to rotate");
+  renew->add_option("--config", config_path, "agent.toml");
+  renew->add_flag("--now", renew_now, "rotate now, whatever the renewal policy says")->required();
+
   CLI11_PARSE(app, argc, argv);
   sh::MqttLibrary mqtt_library;
 
@@ -137,6 +359,23 @@ int main(int argc, char** argv) {
   sh::LogLevel level = config_path.empty() ? sh::LogLevel::kWarning
                                            : sh::ParseLogLevel(cfg.log_level).value_or(sh::LogLevel::kInfo);
   sh::StderrLogger log(verbose ? sh::LogLevel::kDebug : level);
+
+  if (*status) return StatusCommand(cfg, fs, as_json);
+  if (*renew) {
+    auto answer = cf::agent::ControlRequest(cfg.agent.control_socket, "renew", std::chrono::minutes(16));
+    if (!answer) return Fail(answer.error());
+    std::printf("%s\n", answer->c_str());
+    return answer->rfind("ok", 0) == 0 ? 0 : 1;
+  }
+  if (*run) {
+    if (config_path.empty()) return Fail(sh::Status(sh::Code::kInvalidArgument, "run needs --config FILE"));
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+      return Fail(sh::Status(sh::Code::kInternal, "curl_global_init failed"));
+    }
+    int rc = RunDaemon(cfg, config_path, fs, log);
+    curl_global_cleanup();
+    return rc;
+  }
 
   if (*keys_import || *keys_list) {
     auto store = cf::hal::OpenKeyStore(o.keystore, fs);
