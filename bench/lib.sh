@@ -80,9 +80,10 @@ run() {
   return "$rc"
 }
 
-# Polls (bounded, 20 s) until FILE matches PATTERN while PID is alive.
+# wait_for FILE PATTERN PID LOG [SECONDS]: polls (bounded, default 20 s) until FILE matches
+# PATTERN while PID is alive.
 wait_for() {
-  local file=$1 pattern=$2 pid=$3 log=$4 deadline=$((SECONDS + 20))
+  local file=$1 pattern=$2 pid=$3 log=$4 deadline=$((SECONDS + ${5:-20}))
   until grep -qE "$pattern" "$file" 2>/dev/null; do
     if ! kill -0 "$pid" 2>/dev/null; then
       tail -40 "$log" >&2 || true
