@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "bench/load_stats.h"
+#include "bench/mqtt_inbox.h"
 #include "shared/core/log.h"
 #include "shared/mqtt/client.h"
 #include "shared/wire/provisioning.h"
@@ -86,44 +87,12 @@ struct Outcome {
   double register_ms = 0;
 };
 
-// Replies, handed from the network thread (which only queues and signals) to the device's
-// worker thread.
-class Inbox {
- public:
-  void Push(const sh::MqttMessage& m) {
-    {
-      std::lock_guard lock(mu_);
-      messages_.push_back(m);
-    }
-    cv_.notify_one();
-  }
-  // The next message, or nullopt at the deadline.
-  std::optional<sh::MqttMessage> Pop(Clock::time_point deadline) {
-    std::unique_lock lock(mu_);
-    if (!cv_.wait_until(lock, deadline, [&] { return !messages_.empty(); })) return std::nullopt;
-    sh::MqttMessage m = std::move(messages_.front());
-    messages_.pop_front();
-    return m;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<sh::MqttMessage> messages_;
-};
 
 std::string ReplaceAll(std::string s, std::string_view from, std::string_view to) {
   for (size_t pos = 0; (pos = s.find(from, pos)) != std::string::npos; pos += to.size()) s.replace(pos, from.size(), to);
   return s;
 }
 
-sh::Result<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return sh::Error(sh::Code::kNotFound, "cannot read " + path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 sh::Status PrepareDevice(const Options& o, const Claim& claim, int64_t index, Device& d) {
   d.serial = o.serial_prefix + std::to_string(index);

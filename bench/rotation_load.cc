@@ -39,6 +39,7 @@
 
 #include "bench/est_client.h"
 #include "bench/load_stats.h"
+#include "bench/mqtt_inbox.h"
 #include "shared/core/base64.h"
 #include "shared/core/log.h"
 #include "shared/mqtt/client.h"
@@ -76,28 +77,6 @@ struct Options {
   double wave_timeout_s = 600;
 };
 
-class Inbox {
- public:
-  void Push(const sh::MqttMessage& m) {
-    {
-      std::lock_guard lock(mu_);
-      messages_.push_back(m);
-    }
-    cv_.notify_all();
-  }
-  std::optional<sh::MqttMessage> Pop(Clock::time_point deadline) {
-    std::unique_lock lock(mu_);
-    if (!cv_.wait_until(lock, deadline, [&] { return !messages_.empty(); })) return std::nullopt;
-    sh::MqttMessage m = std::move(messages_.front());
-    messages_.pop_front();
-    return m;
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<sh::MqttMessage> messages_;
-};
 
 struct Shared {
   Options o;
@@ -123,13 +102,6 @@ struct Device {
   Clock::time_point committed;
 };
 
-sh::Result<std::string> ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return sh::Error(sh::Code::kNotFound, "cannot read " + path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 sh::Status WritePrivate(const std::string& path, const std::string& data) {
   std::string tmp = path + ".tmp";

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "shared/wire/json_payload.h"
 #include "shared/wire/topics.h"
 #include "shared/wire/utf8.h"
 
@@ -141,21 +142,7 @@ Status Validate(const Rejection& m) {
 // ---- Decoding ----
 
 Result<json> ParseObject(std::string_view what, std::string_view payload) {
-  if (payload.size() > kMaxProvisioningPayload) {
-    return Error(Code::kResourceExhausted, std::string(what) + ": payload of " + std::to_string(payload.size()) +
-                                               " bytes is larger than " + std::to_string(kMaxProvisioningPayload));
-  }
-  // A raw NUL is never valid JSON text, but nlohmann's lexer takes it for the end of the
-  // input and would accept "{}\0<anything>".
-  if (payload.find('\0') != std::string_view::npos) {
-    return Error(Code::kInvalidArgument, std::string(what) + ": payload is not valid JSON (NUL byte)");
-  }
-  // Non-throwing parse: a syntax error (or a number out of double range) yields a
-  // discarded value instead of an exception.
-  json value = json::parse(payload.begin(), payload.end(), nullptr, /*allow_exceptions=*/false);
-  if (value.is_discarded()) return Error(Code::kInvalidArgument, std::string(what) + ": payload is not valid JSON");
-  if (!value.is_object()) return Error(Code::kInvalidArgument, std::string(what) + ": payload is not a JSON object");
-  return value;
+  return ParseJsonPayload(what, payload, kMaxProvisioningPayload);
 }
 
 // Typed, non-throwing access to the fields of one JSON object. An optional field that is

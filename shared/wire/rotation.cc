@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "shared/core/base64.h"
+#include "shared/wire/json_payload.h"
 #include "shared/wire/topics.h"
 #include "shared/wire/utf8.h"
 
@@ -52,18 +53,7 @@ Status CheckRotationId(std::string_view what, std::string_view id, bool allow_em
 }
 
 Result<json> ParseObject(std::string_view what, std::string_view payload) {
-  if (payload.size() > kMaxRotationPayload) {
-    return Error(Code::kResourceExhausted, std::string(what) + ": payload of " + std::to_string(payload.size()) +
-                                               " bytes is larger than " + std::to_string(kMaxRotationPayload));
-  }
-  // nlohmann's lexer takes a raw NUL for the end of input.
-  if (payload.find('\0') != std::string_view::npos) {
-    return Error(Code::kInvalidArgument, std::string(what) + ": payload is not valid JSON (NUL byte)");
-  }
-  json value = json::parse(payload.begin(), payload.end(), nullptr, /*allow_exceptions=*/false);
-  if (value.is_discarded()) return Error(Code::kInvalidArgument, std::string(what) + ": payload is not valid JSON");
-  if (!value.is_object()) return Error(Code::kInvalidArgument, std::string(what) + ": payload is not a JSON object");
-  return value;
+  return ParseJsonPayload(what, payload, kMaxRotationPayload);
 }
 
 Result<std::string> GetString(std::string_view what, const json& object, const char* field) {
