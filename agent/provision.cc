@@ -275,7 +275,9 @@ Result<ProvisionOutcome> RunProvision(const ProvisionOptions& o, sh::Filesystem&
   CF_ASSIGN_OR_RETURN(std::string anchor_pem, ReadAnchor(o.trust_anchor_file, fs));
   CF_ASSIGN_OR_RETURN(auto keys, hal::OpenKeyStore(o.keystore, fs));
 
-  std::string certified = SlotCertifiedBy(fs, *keys, o.cert_file, {o.key_slot, OtherSlot(o.key_slot)});
+  std::vector<std::string> taken = {o.key_slot};
+  if (!o.replace_identity) taken.push_back(OtherSlot(o.key_slot));
+  std::string certified = SlotCertifiedBy(fs, *keys, o.cert_file, taken);
   if (!certified.empty()) {
     return sh::Error(Code::kAlreadyExists, "already provisioned: " + o.cert_file +
                                                " holds a certificate for the key in slot '" + certified + "'");
