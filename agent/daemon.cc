@@ -184,6 +184,21 @@ Status Daemon::Recover() {
       deps_.log.Info("finishing the commit interrupted by a restart", {{"slot", journal_.pending->slot}});
       CF_RETURN_IF_ERROR(Commit());
       break;
+    case AgentState::kRecovering: {
+      // The provisioning either committed the certificate file for the new slot or not.
+      std::string other = OtherSlot(journal_.current_slot);
+      if (SlotCertifiedBy(deps_.fs, deps_.keys, options_.cert_file, {other}) == other) {
+        deps_.log.Info("expired-certificate recovery committed before the restart", {{"slot", other}});
+        AdoptRecovered(other);
+        return Status::Ok();
+      }
+      deps_.log.Warn("expired-certificate recovery interrupted by a restart; retrying later");
+      journal_.state = AgentState::kActive;
+      journal_.last_error = "expired-certificate recovery interrupted (restart)";
+      journal_.failures++;
+      journal_.next_attempt = NextAttemptAfterFailure(now, journal_.failures, options_.renewal, rng_);
+      break;
+    }
     case AgentState::kActive:
       break;
   }
@@ -432,7 +447,13 @@ void Daemon::Tick() {
     bool expired = cert_ && ClockTrust().trusted && now >= sh::DescribeCert(cert_.get()).not_after;
     if (connected || expired) {
       Status st = Rotate();
-      if (!st.ok()) Rollback(st);
+      if (!st.ok()) {
+        if (expired && deps_.recover && journal_.state == AgentState::kRotating && IsExpiryRefusal(st)) {
+          RecoverExpired(st);
+        } else {
+          Rollback(st);
+        }
+      }
       TryConnect();
     }
   }
@@ -598,6 +619,83 @@ void Daemon::SafeDelete(const std::string& slot) {
   } else if (st.code() != Code::kNotFound) {
     deps_.log.Warn("could not delete the old key", {{"slot", slot}, {"error", st.ToString()}});
   }
+}
+
+bool IsExpiryRefusal(const Status& status) {
+  const std::string& m = status.message();
+  if (status.code() == Code::kPermissionDenied && m.find("expired_certificate") != std::string::npos) return true;
+  // A server that checks validity in the TLS handshake answers with a certificate_expired alert.
+  return m.find("certificate expired") != std::string::npos || m.find("CERTIFICATE_EXPIRED") != std::string::npos;
+}
+
+void Daemon::RecoverExpired(const Status& why) {
+  sh::WallTime now = deps_.clock.Now();
+  const std::string new_slot = OtherSlot(journal_.current_slot);
+  const std::string old_id = cert_id_;
+  // The old key stays in current_slot until the new identity is committed.
+  journal_.state = AgentState::kRecovering;
+  journal_.pending.reset();
+  journal_.last_error = Text(why);
+  if (!Save().ok()) {
+    journal_.state = AgentState::kRotating;
+    journal_.pending = PendingRotation{new_slot, journal_.requested_rotation_id, "", ""};
+    Rollback(Status(Code::kUnavailable, "could not journal the recovery"));
+    return;
+  }
+  deps_.log.Warn("certificate expired and re-enrollment refused; recovering through claim provisioning",
+                 {{"certificate_id", old_id}, {"not_after", cert_ ? sh::FormatRfc3339(sh::DescribeCert(cert_.get()).not_after) : ""},
+                  {"refusal", why.ToString()}, {"new_slot", new_slot}});
+  // Provisioning connects with the thing name as client id: leave the old session first.
+  session_.reset();
+  current_key_.reset();
+  Status st = deps_.recover(new_slot);
+  if (SlotCertifiedBy(deps_.fs, deps_.keys, options_.cert_file, {new_slot}) == new_slot) {
+    AdoptRecovered(new_slot);
+    deps_.log.Info("expired-certificate recovery committed",
+                   {{"previous_certificate_id", old_id}, {"certificate_id", cert_id_}, {"thing", journal_.thing_name}});
+    next_connect_ = now;
+    ReplyRenewals("ok certificate_id=" + cert_id_);
+    return;
+  }
+  if (st.ok()) st = Status(Code::kInternal, "recovery reported success but left no identity for slot " + new_slot);
+  st = st.WithContext("expired-certificate recovery");
+  journal_.state = AgentState::kActive;
+  journal_.failures++;
+  journal_.last_error = Text(st);
+  journal_.next_attempt = NextAttemptAfterFailure(now, journal_.failures, options_.renewal, rng_);
+  deps_.log.Warn("expired-certificate recovery failed; keeping the expired identity",
+                 {{"error", st.ToString()}, {"failures", std::to_string(journal_.failures)},
+                  {"next_attempt", sh::FormatRfc3339(*journal_.next_attempt)}});
+  (void)Save();
+  next_connect_ = now;
+  ReplyRenewals("error " + Text(st));
+}
+
+void Daemon::AdoptRecovered(const std::string& slot) {
+  sh::WallTime now = deps_.clock.Now();
+  journal_.retired_slot = journal_.current_slot;
+  journal_.current_slot = slot;
+  journal_.state = AgentState::kActive;
+  journal_.pending.reset();
+  journal_.ca_pem.clear();
+  journal_.last_rotation = now;
+  journal_.rotation_requested = false;
+  journal_.requested_rotation_id.clear();
+  journal_.failures = 0;
+  journal_.last_error.clear();
+  journal_.next_attempt.reset();
+  RefreshCertInfo();
+  if (cert_) {
+    std::string cn = sh::NameCommonName(X509_get_subject_name(cert_.get()));
+    if (sh::ValidateThingName(cn).ok()) journal_.thing_name = cn;
+  }
+  (void)Save();
+  if (deps_.post_rotation) {
+    auto key = deps_.keys.Load(slot);
+    deps_.post_rotation(CommittedIdentity{journal_.thing_name, cert_id_, options_.cert_file, cert_pem_, "",
+                                          key ? (*key)->uri() : ""});
+  }
+  FinishRetirement();
 }
 
 void Daemon::Rollback(const Status& why) {

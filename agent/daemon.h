@@ -1,6 +1,7 @@
 // `certfleet-agent run`: the lifecycle state machine of the gateway's identity.
 //
 //   unprovisioned -> provisioning -> active -> rotating -> verifying -> committing -> active
+//                                              rotating -> recovering -> active
 //
 // Every transition is journaled (journal.h) before it takes effect; Start() resumes or
 // rolls back whatever a crash interrupted (docs/agent.md, "Crash points"). The identity
@@ -125,7 +126,17 @@ struct DaemonDeps {
   std::function<shared::Status()> bootstrap;
   // Runs after each commit; its failures are logged, never undo the commit.
   std::function<void(const CommittedIdentity&)> post_rotation;
+  // Expired-certificate recovery (docs/agent.md): obtains a new identity by claim
+  // provisioning with its key in `new_slot` and commits it by replacing the certificate
+  // file atomically; must not touch any other key slot. Called only when the current
+  // certificate is expired on a trusted clock and the companion refused re-enrollment
+  // because of it. null = not configured (the daemon keeps retrying re-enrollment).
+  std::function<shared::Status(const std::string& new_slot)> recover;
 };
+
+// Whether a failed re-enrollment was refused because the client certificate expired:
+// the companion's 403 "expired_certificate", or a TLS alert saying so.
+bool IsExpiryRefusal(const shared::Status& status);
 
 // A copy of the state for `status` and the control socket.
 struct DaemonSnapshot {
@@ -197,6 +208,11 @@ class Daemon {
   shared::Status ProveAndCommit();
   shared::Status Commit();
   void Rollback(const shared::Status& why);
+  // The re-enrollment of an expired certificate was refused (`why`): claim provisioning
+  // through deps_.recover, journaled as kRecovering; back to kActive either way.
+  void RecoverExpired(const shared::Status& why);
+  // Adopts the identity the recovery committed in `slot`; the old slot is retired.
+  void AdoptRecovered(const std::string& slot);
   void FinishRetirement();
   void SafeDelete(const std::string& slot);
   void ReplyRenewals(const std::string& result);

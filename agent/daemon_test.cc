@@ -103,6 +103,7 @@ class FakeEnroller final : public Enroller {
       fail--;
       return sh::Error(Code::kUnavailable, "EST server unreachable");
     }
+    if (refuse) return sh::Error(*refuse);
     if (!sh::SamePublicKey(X509_get0_pubkey(current_cert), current.key)) {
       return sh::Error(Code::kUnauthenticated, "client key does not match");
     }
@@ -114,6 +115,7 @@ class FakeEnroller final : public Enroller {
   }
   int calls = 0;
   int fail = 0;
+  std::optional<Status> refuse;  // every call fails with it
   bool wrong_key = false;
   std::vector<std::string> new_keys;
 
@@ -130,6 +132,18 @@ class DaemonTest : public ::testing::Test {
     auto key = keys_.Generate(slot, sh::KeyType::kEcP256);
     EXPECT_TRUE(key);
     auto cert = ca_.Issue(Name(kThing).get(), (*key)->pkey());
+    EXPECT_TRUE(fs_.WriteFileAtomic(kCertFile, sh::CertToPem(cert.get()), 0644).ok());
+    return sh::CertFingerprint(cert.get());
+  }
+  // Like InstallIdentity, but the certificate expired an hour ago (the CA is still valid).
+  std::string InstallExpiredIdentity(const std::string& slot) {
+    auto key = keys_.Generate(slot, sh::KeyType::kEcP256);
+    EXPECT_TRUE(key);
+    auto cert = ca_.Issue(Name(kThing).get(), (*key)->pkey());
+    time_t now = std::time(nullptr);
+    EXPECT_NE(X509_time_adj_ex(X509_getm_notBefore(cert.get()), -2, 0, &now), nullptr);
+    EXPECT_NE(X509_time_adj_ex(X509_getm_notAfter(cert.get()), 0, -3600, &now), nullptr);
+    EXPECT_NE(X509_sign(cert.get(), ca_.key.get(), EVP_sha256()), 0);
     EXPECT_TRUE(fs_.WriteFileAtomic(kCertFile, sh::CertToPem(cert.get()), 0644).ok());
     return sh::CertFingerprint(cert.get());
   }
@@ -150,7 +164,8 @@ class DaemonTest : public ::testing::Test {
     o.agent_version = "test";
     o.seed = 42;
     return std::make_unique<Daemon>(o, DaemonDeps{fs_, keys_, clock_, log_, broker_, enroller_, bootstrap_,
-                                                  [this](const CommittedIdentity& id) { committed_.push_back(id); }});
+                                                  [this](const CommittedIdentity& id) { committed_.push_back(id); },
+                                                  recover_});
   }
 
   Journal Saved() {
@@ -199,6 +214,7 @@ class DaemonTest : public ::testing::Test {
   FakeBroker broker_;
   FakeEnroller enroller_;
   std::function<Status()> bootstrap_;
+  std::function<Status(const std::string&)> recover_;
   std::string time_sync_file_;
   std::vector<CommittedIdentity> committed_;
 };
@@ -582,6 +598,157 @@ TEST_F(DaemonTest, JournalWriteFailureBeforeRotationChangesNothing) {
   EXPECT_EQ(CertFileId(), old_id);
   EXPECT_TRUE(HasKey("identity-a"));
   EXPECT_EQ(enroller_.calls, 0);
+}
+
+// ---- Expired certificate recovery ----
+
+const Status kExpiredRefusal(Code::kPermissionDenied,
+                             "EST simplereenroll: HTTP 403: expired_certificate: client certificate expired at ...");
+
+TEST(ExpiryRefusalTest, RecognisesTheCompanionsAnswerAndTlsAlerts) {
+  EXPECT_TRUE(IsExpiryRefusal(kExpiredRefusal));
+  EXPECT_TRUE(IsExpiryRefusal(Status(Code::kUnavailable, "TLS: sslv3 alert certificate expired")));
+  EXPECT_FALSE(IsExpiryRefusal(Status(Code::kPermissionDenied, "EST simplereenroll: HTTP 403: client certificate is revoked")));
+  EXPECT_FALSE(IsExpiryRefusal(Status(Code::kUnavailable, "EST server unreachable")));
+}
+
+TEST_F(DaemonTest, ExpiredCertificateReenrollsWhenTheCompanionAllowsIt) {
+  std::string old_id = InstallExpiredIdentity("identity-a");
+  int recoveries = 0;
+  recover_ = [&](const std::string&) {
+    recoveries++;
+    return Status(Code::kInternal, "not expected");
+  };
+  auto d = NewDaemon();
+  ASSERT_TRUE(d->Start().ok());
+  d->Tick();
+  EXPECT_EQ(enroller_.calls, 1);
+  EXPECT_EQ(recoveries, 0);
+  ExpectWorkingIdentity("identity-b");
+  EXPECT_NE(CertFileId(), old_id);
+}
+
+TEST_F(DaemonTest, ExpiredAndRefusedRecoversThroughClaimProvisioning) {
+  std::string old_id = InstallIdentity("identity-a");
+  enroller_.refuse = kExpiredRefusal;
+  std::vector<std::string> slots;
+  recover_ = [&](const std::string& slot) -> Status {
+    slots.push_back(slot);
+    // Journaled before it runs, and the old identity is untouched meanwhile.
+    EXPECT_EQ(Saved().state, AgentState::kRecovering);
+    EXPECT_EQ(SlotCertifiedBy(fs_, keys_, kCertFile, {"identity-a"}), "identity-a");
+    auto key = keys_.Load(slot);  // the rotation's uncertified key is reused
+    EXPECT_TRUE(key);
+    if (!key) return Status(Code::kInternal, "no key");
+    return fs_.WriteFileAtomic(kCertFile, sh::CertToPem(ca_.Issue(Name(kThing).get(), (*key)->pkey()).get()), 0644);
+  };
+  auto d = NewDaemon();
+  ASSERT_TRUE(d->Start().ok());
+  clock_.Advance(hours(30));
+  d->Tick();
+  EXPECT_EQ(enroller_.calls, 1);
+  EXPECT_EQ(slots, std::vector<std::string>{"identity-b"});
+  ExpectWorkingIdentity("identity-b");
+  EXPECT_FALSE(HasKey("identity-a"));  // deleted only after the commit
+  std::string new_id = CertFileId();
+  EXPECT_NE(new_id, old_id);
+  EXPECT_EQ(Saved().failures, 0);
+  EXPECT_TRUE(Saved().last_error.empty());
+  ASSERT_EQ(committed_.size(), 1u);
+  EXPECT_EQ(committed_[0].certificate_id, new_id);
+  EXPECT_TRUE(log_.Contains("recovering through claim provisioning"));
+  EXPECT_TRUE(log_.Contains("expired-certificate recovery committed"));
+  EXPECT_EQ(broker_.s.connected_cert_ids.back(), new_id);
+}
+
+TEST_F(DaemonTest, FailedRecoveryKeepsTheExpiredIdentityAndRetries) {
+  InstallIdentity("identity-a");
+  enroller_.refuse = kExpiredRefusal;
+  int calls = 0;
+  recover_ = [&](const std::string&) {
+    calls++;
+    return Status(Code::kUnavailable, "claim listener unreachable");
+  };
+  auto d = NewDaemon();
+  ASSERT_TRUE(d->Start().ok());
+  clock_.Advance(hours(30));
+  d->Tick();
+  EXPECT_EQ(calls, 1);
+  ExpectWorkingIdentity("identity-a");
+  EXPECT_TRUE(HasKey("identity-a"));
+  Journal j = Saved();
+  EXPECT_EQ(j.failures, 1);
+  EXPECT_NE(j.last_error.find("claim listener unreachable"), std::string::npos) << j.last_error;
+  EXPECT_TRUE(log_.Contains("expired-certificate recovery failed"));
+  d->Tick();  // backoff
+  EXPECT_EQ(calls, 1);
+  clock_.Advance(hours(7));
+  d->Tick();
+  EXPECT_EQ(calls, 2);
+}
+
+TEST_F(DaemonTest, OtherRefusalsOfAnExpiredCertificateDoNotRecover) {
+  InstallIdentity("identity-a");
+  enroller_.refuse = Status(Code::kPermissionDenied, "EST simplereenroll: HTTP 403: client certificate is revoked");
+  int calls = 0;
+  recover_ = [&](const std::string&) {
+    calls++;
+    return Status::Ok();
+  };
+  auto d = NewDaemon();
+  ASSERT_TRUE(d->Start().ok());
+  clock_.Advance(hours(30));
+  d->Tick();
+  EXPECT_EQ(enroller_.calls, 1);
+  EXPECT_EQ(calls, 0);
+  ExpectWorkingIdentity("identity-a");
+  EXPECT_EQ(Saved().failures, 1);
+}
+
+TEST_F(DaemonTest, UntrustedClockMakesNoExpiryDecision) {
+  InstallIdentity("identity-a");
+  time_sync_file_ = "/run/systemd/timesync/synchronized";  // never created: not synchronised
+  enroller_.refuse = kExpiredRefusal;
+  int calls = 0;
+  recover_ = [&](const std::string&) {
+    calls++;
+    return Status::Ok();
+  };
+  auto d = NewDaemon();
+  ASSERT_TRUE(d->Start().ok());
+  clock_.Advance(hours(30));
+  d->Tick();
+  EXPECT_EQ(enroller_.calls, 0);
+  EXPECT_EQ(calls, 0);
+  ExpectWorkingIdentity("identity-a");
+  // An explicit renewal still re-enrolls, but a refusal is not taken as expiry: no recovery.
+  d->RequestRenewal(nullptr);
+  d->Tick();
+  EXPECT_EQ(enroller_.calls, 1);
+  EXPECT_EQ(calls, 0);
+  ExpectWorkingIdentity("identity-a");
+}
+
+TEST_F(DaemonTest, CrashDuringRecoveryFollowsWhatWasCommitted) {
+  InstallIdentity("identity-a");
+  ASSERT_TRUE(keys_.Generate("identity-b", sh::KeyType::kEcP256));
+  Journal j = ActiveJournal("identity-a");
+  j.state = AgentState::kRecovering;
+  SaveJournal(j);
+  {
+    // Not committed: back to the old identity, which is retried later.
+    auto d = NewDaemon();
+    ASSERT_TRUE(d->Start().ok());
+    ExpectWorkingIdentity("identity-a");
+    EXPECT_EQ(Saved().failures, 1);
+  }
+  // Committed before the crash: the new identity is adopted and the old key deleted.
+  ASSERT_TRUE(fs_.WriteFileAtomic(kCertFile, IssueFor("identity-b"), 0644).ok());
+  SaveJournal(j);
+  auto d = NewDaemon();
+  ASSERT_TRUE(d->Start().ok());
+  ExpectWorkingIdentity("identity-b");
+  EXPECT_FALSE(HasKey("identity-a"));
 }
 
 }  // namespace

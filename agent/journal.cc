@@ -19,6 +19,7 @@ constexpr std::pair<AgentState, std::string_view> kStateNames[] = {
     {AgentState::kUnprovisioned, "unprovisioned"}, {AgentState::kProvisioning, "provisioning"},
     {AgentState::kActive, "active"},               {AgentState::kRotating, "rotating"},
     {AgentState::kVerifying, "verifying"},         {AgentState::kCommitting, "committing"},
+    {AgentState::kRecovering, "recovering"},
 };
 
 constexpr size_t kMaxPemBytes = 64 * 1024;

@@ -33,6 +33,8 @@ enum class AgentState {
   kRotating,       // pending key in pending.slot, no certificate yet
   kVerifying,      // pending certificate issued and checked; proving it to the broker
   kCommitting,     // the broker accepted the ack: roll forward on restart
+  kRecovering,     // current certificate expired and re-enrollment refused: claim provisioning
+                   // of a new identity into OtherSlot(current_slot) under way
 };
 std::string_view StateName(AgentState state);
 std::optional<AgentState> ParseStateName(std::string_view name);

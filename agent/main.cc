@@ -178,8 +178,22 @@ int RunDaemon(const cf::agent::AgentConfig& cfg, const std::string& config_path,
   d.renewal.retry_cap = cfg.renewal.retry_cap;
   d.time_sync_file = cfg.agent.time_sync_file;
   d.agent_version = CERTFLEET_VERSION;
+  // Expired-certificate recovery needs claim provisioning (docs/agent.md).
+  std::function<sh::Status(const std::string&)> recover;
+  if (!cfg.provisioning.template_name.empty()) {
+    recover = [&](const std::string& new_slot) -> sh::Status {
+      auto po = ag::ProvisionOptionsFromConfig(cfg);
+      if (!po) return po.error().WithContext(config_path);
+      po->key_slot = new_slot;
+      po->replace_identity = true;
+      auto r = ag::RunProvision(*po, fs, sh::SystemClock::Instance(), log,
+                                [](std::chrono::milliseconds delay) { std::this_thread::sleep_for(delay); });
+      return r ? sh::Status::Ok() : r.error();
+    };
+  }
   ag::Daemon daemon(d, ag::DaemonDeps{fs, **keys, sh::SystemClock::Instance(), log, broker, enroller, bootstrap,
-                                      [&](const ag::CommittedIdentity& id) { ag::RunPostRotation(cfg, id, log); }});
+                                      [&](const ag::CommittedIdentity& id) { ag::RunPostRotation(cfg, id, log); },
+                                      recover});
 
   // Signals go to one thread that stops the loop; every other thread keeps them blocked.
   sigset_t signals;

@@ -9,6 +9,7 @@
 
 #include "agent/est_commands.h"
 #include "agent/issuance.h"
+#include "shared/core/base64.h"
 #include "shared/mqtt/client.h"
 #include "shared/x509/cert.h"
 #include "shared/x509/csr.h"
@@ -121,9 +122,25 @@ sh::MqttOptions BrokerOptions(const ProvisionOptions& o, int port, const std::st
 }
 
 // One claim session: CreateCertificateFromCsr, verification, RegisterThing.
+// Adds the proof that we hold the key of `previous_id` (certified by the key in
+// OtherSlot(o.key_slot)) to `parameters`; without it when that fails (logged): the
+// companion's hook then decides on the claim alone.
+void AddPreviousCertificateProof(const ProvisionOptions& o, hal::KeyStore& keys, const std::string& previous_id,
+                                 const std::string& new_id, sh::StringMap& parameters, sh::Logger& log) {
+  if (previous_id.empty()) return;
+  auto key = keys.Load(OtherSlot(o.key_slot));
+  auto sig = key ? hal::SignSha256(**key, sh::PreviousCertificateProofText(new_id)) : sh::Error(key.error());
+  if (!sig) {
+    log.Warn("cannot prove possession of the previous identity's key", {{"error", sig.error().ToString()}});
+    return;
+  }
+  parameters[sh::kPreviousCertificateIdParameter] = previous_id;
+  parameters[sh::kPreviousCertificateSignatureParameter] = sh::Base64EncodeLine(*sig);
+}
+
 Result<Issued> ClaimSession(const ProvisionOptions& o, const Claim& claim, const Topics& topics,
                             const std::string& anchor_pem, hal::KeyStore& keys, const sh::Clock& clock,
-                            sh::Logger& log) {
+                            sh::Logger& log, const std::string& previous_id) {
   CF_ASSIGN_OR_RETURN(auto client, sh::MqttClient::Create(BrokerOptions(o, o.claim_port, o.client_id, anchor_pem,
                                                                         claim.cert_pem, claim.key->pkey()),
                                                           log));
@@ -160,8 +177,10 @@ Result<Issued> ClaimSession(const ProvisionOptions& o, const Claim& claim, const
   log.Info("certificate issued, registering", {{"certificate_id", out.certificate_id},
                                                {"serial", sh::DescribeCert(out.cert.get()).serial}});
 
+  sh::StringMap parameters = o.parameters;
+  AddPreviousCertificateProof(o, keys, previous_id, out.certificate_id, parameters, log);
   CF_ASSIGN_OR_RETURN(std::string register_payload,
-                      sh::Encode(sh::RegisterThingRequest{created.certificate_ownership_token, o.parameters}));
+                      sh::Encode(sh::RegisterThingRequest{created.certificate_ownership_token, parameters}));
   CF_ASSIGN_OR_RETURN(std::string registered_payload,
                       Request(*client, *inbox, sh::Operation::kRegisterThing, topics.register_thing,
                               topics.register_accepted, topics.register_rejected, register_payload, o.timeout));
@@ -275,10 +294,20 @@ Result<ProvisionOutcome> RunProvision(const ProvisionOptions& o, sh::Filesystem&
   CF_ASSIGN_OR_RETURN(std::string anchor_pem, ReadAnchor(o.trust_anchor_file, fs));
   CF_ASSIGN_OR_RETURN(auto keys, hal::OpenKeyStore(o.keystore, fs));
 
-  std::string certified = SlotCertifiedBy(fs, *keys, o.cert_file, {o.key_slot, OtherSlot(o.key_slot)});
+  std::vector<std::string> taken = {o.key_slot};
+  if (!o.replace_identity) taken.push_back(OtherSlot(o.key_slot));
+  std::string certified = SlotCertifiedBy(fs, *keys, o.cert_file, taken);
   if (!certified.empty()) {
     return sh::Error(Code::kAlreadyExists, "already provisioned: " + o.cert_file +
                                                " holds a certificate for the key in slot '" + certified + "'");
+  }
+
+  // Recovery: the identity being replaced, whose key proves who we were.
+  std::string previous_id;
+  if (o.replace_identity && SlotCertifiedBy(fs, *keys, o.cert_file, {OtherSlot(o.key_slot)}) == OtherSlot(o.key_slot)) {
+    auto pem = fs.ReadFile(o.cert_file, 1 << 20);
+    auto prev = pem ? sh::CertFromPem(*pem) : sh::Error(pem.error());
+    if (prev) previous_id = sh::CertFingerprint(prev->get());
   }
 
   Claim claim;
@@ -304,7 +333,7 @@ Result<ProvisionOutcome> RunProvision(const ProvisionOptions& o, sh::Filesystem&
 
   std::optional<Issued> issued;
   Status st = WithRetries(o, "provisioning", rng, sleeper, log, [&]() -> Status {
-    auto r = ClaimSession(o, claim, topics, anchor_pem, *keys, clock, log);
+    auto r = ClaimSession(o, claim, topics, anchor_pem, *keys, clock, log, previous_id);
     if (!r) return r.error();
     issued = std::move(*r);
     return Status::Ok();

@@ -58,6 +58,9 @@ struct ProvisionOptions {
   hal::KeyStoreConfig keystore;
   // Seed of the backoff jitter; 0 = from std::random_device.
   uint64_t jitter_seed = 0;
+  // Expired-certificate recovery (the daemon): cert_file may hold an identity certified by
+  // OtherSlot(key_slot), which the commit replaces; that slot's key is not touched.
+  bool replace_identity = false;
 };
 
 // Resolves the config's defaults (broker_name = broker_host, trust anchor = the EST one,
@@ -87,7 +90,8 @@ std::chrono::milliseconds BackoffDelay(int attempt, std::mt19937_64& random,
                                        std::chrono::milliseconds cap = kBackoffCap);
 
 // Runs the flow above. kAlreadyExists ("already provisioned") when identity.cert_file
-// holds a certificate for the key in identity.key_slot or its A/B sibling. Rejections
+// holds a certificate for the key in identity.key_slot or (unless replace_identity) its
+// A/B sibling. Rejections
 // come back as RejectionToStatus (message "rejected: <status> <errorCode>: <message>").
 // Blocks for up to max_attempts * (a few timeouts + backoff). Needs mosquitto_lib_init.
 shared::Result<ProvisionOutcome> RunProvision(const ProvisionOptions& options, shared::Filesystem& fs,

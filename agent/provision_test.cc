@@ -24,8 +24,10 @@
 #include <thread>
 
 #include "agent/config.h"
+#include "agent/issuance.h"
 #include "agent/testing/est_test_server.h"
 #include "hal/keystore.h"
+#include "shared/core/base64.h"
 #include "shared/mqtt/client.h"
 #include "shared/testing/temp_dir.h"
 #include "shared/wire/provisioning.h"
@@ -715,6 +717,27 @@ TEST_F(ProvisionBrokerTest, HappyPathCertfleetDialect) {
   ASSERT_FALSE(again.has_value());
   EXPECT_EQ(again.error().code(), Code::kAlreadyExists);
   EXPECT_EQ(responder_->csr_requests(), 1);
+}
+
+TEST_F(ProvisionBrokerTest, ReplacingAnIdentityProvesPossessionOfTheOldKey) {
+  // The daemon's expired-certificate recovery: an identity in slot A, the new key goes to B.
+  auto old_key = Must(gw_->Keys()->Generate("identity-a", sh::KeyType::kEcP256), "Generate");
+  auto old_cert = pki_.ca.Issue(Name("gw-0001").get(), old_key->pkey());
+  WriteFile(gw_->options.cert_file, sh::CertToPem(old_cert.get()));
+  gw_->options.key_slot = "identity-b";
+  gw_->options.replace_identity = true;
+  auto r = gw_->Run();
+  ASSERT_TRUE(r.has_value()) << r.error().ToString();
+  EXPECT_EQ(r->key_slot, "identity-b");
+  EXPECT_EQ(SlotCertifiedBy(gw_->fs, *gw_->Keys(), gw_->options.cert_file, {"identity-b"}), "identity-b");
+  EXPECT_TRUE(gw_->Keys()->Load("identity-a").has_value());  // the daemon deletes it after adopting
+
+  sh::StringMap params = responder_->last_parameters();
+  EXPECT_EQ(params["SerialNumber"], "0001");
+  EXPECT_EQ(params[sh::kPreviousCertificateIdParameter], sh::CertFingerprint(old_cert.get()));
+  auto sig = sh::Base64Decode(params[sh::kPreviousCertificateSignatureParameter]);
+  ASSERT_TRUE(sig.has_value());
+  EXPECT_TRUE(sh::VerifySha256(old_key->pkey(), sh::PreviousCertificateProofText(r->certificate_id), *sig).ok());
 }
 
 TEST_F(ProvisionBrokerTest, HappyPathAwsDialect) {

@@ -135,6 +135,8 @@ const ConfigSchema<C>& Schema() {
     s.Add("est.threads", sh::IntValue<C>([](C& c) -> auto& { return c.est.threads; }, 1, 256));
     s.Add("est.superseded_grace", sh::DurationValue<C>([](C& c) -> auto& { return c.est.superseded_grace; },
                                                        seconds(0), hours(24 * 365)));
+    s.Add("est.expired_reenroll_grace",
+          sh::DurationValue<C>([](C& c) -> auto& { return c.est.expired_reenroll_grace; }, seconds(0), hours(24 * 365)));
     s.Add("est.reenroll_require_new_key", sh::BoolValue<C>([](C& c) -> auto& { return c.est.reenroll_require_new_key; }));
     s.Add("ca.root_cert_file", sh::StringValue<C>([](C& c) -> auto& { return c.ca.root_cert_file; }, sh::CheckAbsolutePath));
     s.Add("ca.issuing_cert_file", sh::StringValue<C>([](C& c) -> auto& { return c.ca.issuing_cert_file; }, sh::CheckAbsolutePath));

@@ -24,6 +24,9 @@ struct EstConfig {
   int threads = 8;
   std::chrono::seconds superseded_grace = std::chrono::hours(24 * 7);
   bool reenroll_require_new_key = false;
+  // How long after its notAfter the current certificate may still re-enroll (a gateway
+  // that was offline across its expiry); 0 = never.
+  std::chrono::seconds expired_reenroll_grace{0};
 };
 
 struct CaConfig {

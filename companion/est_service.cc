@@ -376,7 +376,24 @@ EstResponse EstService::Reenroll(const EstRequest& req) {
   }
   std::string who = sh::CertFingerprint(req.peer_cert);
   Status st = state_.device_trust.Verify(req.peer_cert, req.peer_chain, now);
-  if (!st.ok()) return Reject(req, 403, "untrusted_client_certificate", who, st.message());
+  // Set when the certificate expired and is accepted within est.expired_reenroll_grace.
+  std::optional<sh::WallTime> expired_at;
+  if (!st.ok()) {
+    const sh::WallTime not_after = sh::DescribeCert(req.peer_cert).not_after;
+    if (not_after >= now) return Reject(req, 403, "untrusted_client_certificate", who, st.message());
+    // Only the leaf's expiry may be forgiven: the chain must have verified just before it
+    // expired, and the CAs above it must be valid now.
+    Status at_expiry = state_.device_trust.VerifyExpiredLeaf(req.peer_cert, req.peer_chain, now);
+    if (!at_expiry.ok()) return Reject(req, 403, "untrusted_client_certificate", who, at_expiry.message());
+    const auto grace = state_.config.est.expired_reenroll_grace;
+    if (grace.count() == 0 || now - not_after > grace) {
+      return Reject(req, 403, "expired_certificate", who,
+                    "expired_certificate: client certificate expired at " + sh::FormatRfc3339(not_after) +
+                        (grace.count() == 0 ? "; re-enrollment after expiry is not allowed"
+                                            : "; beyond the expired re-enrollment grace period"));
+    }
+    expired_at = not_after;
+  }
   auto found = state_.registry->FindCert(who);
   if (!found) return Text(503, "registry unavailable");
   if (!*found) return Reject(req, 403, "unknown_client_certificate", who, "client certificate is not in the registry");
@@ -387,6 +404,11 @@ EstResponse EstService::Reenroll(const EstRequest& req) {
   }
   if (current.superseded_at && *current.superseded_at + state_.config.est.superseded_grace <= now) {
     return Reject(req, 403, "superseded_certificate", who, "client certificate was replaced and its grace period is over");
+  }
+  if (expired_at && current.superseded_by) {
+    // The superseded grace is for a lost answer, not for an identity that also expired.
+    return Reject(req, 403, "expired_certificate",
+                  who, "expired_certificate: an expired certificate may re-enroll only while it is its thing's current one");
   }
   if (current.superseded_by) {
     // A replaced certificate may ask again only while its replacement stands: once the
@@ -436,6 +458,16 @@ EstResponse EstService::Reenroll(const EstRequest& req) {
   EstResponse refused;
   sh::X509Ptr cert = IssueAndRecordCert(req, who, tmpl, std::move(rec), now, refused);
   if (!cert) return refused;
+  if (expired_at) {
+    const std::string detail = "thing " + current.thing_name + " re-enrolled with a certificate expired at " +
+                               sh::FormatRfc3339(*expired_at) + " (serial " + current.serial + ", new certificate " +
+                               sh::CertFingerprint(cert.get()) + ", from " + req.remote + ")";
+    log_.Warn("expired certificate re-enrolled within grace",
+              {{"thing", current.thing_name}, {"serial", current.serial}, {"fingerprint", who},
+               {"not_after", sh::FormatRfc3339(*expired_at)}, {"remote", req.remote}});
+    Status ev_st = state_.registry->RecordSecurityEvent(SecurityEvent{0, now, "expired_reenroll", who, detail});
+    if (!ev_st.ok()) log_.Error("recording security event failed", {{"error", ev_st.ToString()}});
+  }
   QueuePostHook(hooks_.specs.post_reenroll, kHookEventPostReenroll, kEnrollMethodReenroll, cert.get(),
                 current.thing_name, current.id);
   return CertsOnlyResponse(cert.get());

@@ -1037,6 +1037,103 @@ TEST_F(EstServiceTest, ReenrollWithAnExpiredCertificateIs403) {
   EXPECT_EQ(CountCerts(), 1u);
 }
 
+TEST_F(EstServiceTest, ExpiredCertificateIsRefusedWithoutTheGrace) {
+  ASSERT_EQ(state_->config.est.expired_reenroll_grace, seconds(0));
+  auto key = NewKey();
+  auto old_cert = EnrollWithToken("gw-1", key.get());
+  ASSERT_TRUE(old_cert);
+  clock_.SetWall(sh::DescribeCert(old_cert.get()).not_after + hours(1));
+  EstResponse r = Handle(Reenroll(ReenrollBody(key.get(), old_cert.get()), old_cert.get()));
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_NE(r.body.find("expired_certificate"), std::string::npos) << r.body;
+  EXPECT_TRUE(HasEvent("expired_certificate"));
+  EXPECT_FALSE(HasEvent("expired_reenroll"));
+  EXPECT_EQ(CountCerts(), 1u);
+}
+
+TEST_F(EstServiceTest, ExpiredCertificateReenrollsWithinTheGrace) {
+  state_->config.est.expired_reenroll_grace = hours(24 * 30);
+  auto key = NewKey();
+  auto old_cert = EnrollWithToken("gw-1", key.get());
+  ASSERT_TRUE(old_cert);
+  const sh::WallTime not_after = sh::DescribeCert(old_cert.get()).not_after;
+  clock_.SetWall(not_after + hours(24 * 30));  // exactly at the end of the grace
+  auto new_key = NewKey();
+  auto cert = Issued(Handle(Reenroll(ReenrollBody(new_key.get(), old_cert.get()), old_cert.get())));
+  ASSERT_TRUE(cert);
+  EXPECT_TRUE(VerifyToRoot(cert.get(), clock_.Now()).ok());
+  EXPECT_EQ(sh::DescribeCert(cert.get()).not_after, clock_.Now() + state_->config.profile.validity);
+  auto old_rec = Record(old_cert.get());
+  ASSERT_TRUE(old_rec);
+  EXPECT_EQ(old_rec->superseded_by, sh::CertFingerprint(cert.get()));
+  EXPECT_TRUE(HasEvent("expired_reenroll"));
+  EXPECT_TRUE(log_.Contains("expired certificate re-enrolled within grace"));
+  // The superseded grace does not extend the expired one: the old certificate cannot ask again.
+  EXPECT_EQ(Handle(Reenroll(ReenrollBody(new_key.get(), old_cert.get()), old_cert.get())).status, 403);
+}
+
+TEST_F(EstServiceTest, ExpiredCertificateBeyondTheGraceIs403) {
+  state_->config.est.expired_reenroll_grace = hours(24 * 30);
+  auto key = NewKey();
+  auto old_cert = EnrollWithToken("gw-1", key.get());
+  ASSERT_TRUE(old_cert);
+  clock_.SetWall(sh::DescribeCert(old_cert.get()).not_after + hours(24 * 30) + seconds(1));
+  EstResponse r = Handle(Reenroll(ReenrollBody(key.get(), old_cert.get()), old_cert.get()));
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_NE(r.body.find("expired_certificate"), std::string::npos) << r.body;
+  EXPECT_TRUE(HasEvent("expired_certificate"));
+  EXPECT_FALSE(HasEvent("expired_reenroll"));
+  EXPECT_EQ(CountCerts(), 1u);
+}
+
+TEST_F(EstServiceTest, ExpiredGraceDoesNotForgiveRevokedOrInactiveCertificates) {
+  state_->config.est.expired_reenroll_grace = hours(24 * 30);
+  auto key = NewKey();
+  auto a = EnrollWithToken("gw-1", key.get());
+  auto b = EnrollWithToken("gw-2", key.get());
+  ASSERT_TRUE(a && b);
+  ASSERT_TRUE(state_->registry->SetCertStatus(sh::CertFingerprint(a.get()), CertStatus::kRevoked, clock_.Now()).ok());
+  ASSERT_TRUE(state_->registry->SetCertStatus(sh::CertFingerprint(b.get()), CertStatus::kInactive, clock_.Now()).ok());
+  clock_.SetWall(sh::DescribeCert(a.get()).not_after + hours(1));
+  EXPECT_EQ(Handle(Reenroll(ReenrollBody(key.get(), a.get()), a.get())).status, 403);
+  EXPECT_TRUE(HasEvent("revoked_certificate"));
+  EXPECT_EQ(Handle(Reenroll(ReenrollBody(key.get(), b.get()), b.get())).status, 403);
+  EXPECT_TRUE(HasEvent("inactive_certificate"));
+  EXPECT_FALSE(HasEvent("expired_reenroll"));
+  EXPECT_EQ(CountCerts(), 2u);
+}
+
+TEST_F(EstServiceTest, ExpiredGraceDoesNotForgiveSupersededCertificates) {
+  state_->config.est.expired_reenroll_grace = hours(24 * 30);
+  state_->config.est.superseded_grace = hours(24 * 365);
+  auto key = NewKey();
+  auto a = EnrollWithToken("gw-1", key.get());
+  ASSERT_TRUE(a);
+  auto b = Issued(Handle(Reenroll(ReenrollBody(key.get(), a.get()), a.get())));
+  ASSERT_TRUE(b);
+  // A is no longer its thing's current certificate; once expired it may not re-enroll
+  // even though it is inside both grace periods.
+  clock_.SetWall(sh::DescribeCert(a.get()).not_after + hours(1));
+  size_t count = CountCerts();
+  EstResponse r = Handle(Reenroll(ReenrollBody(key.get(), a.get()), a.get()));
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_FALSE(HasEvent("expired_reenroll"));
+  EXPECT_EQ(CountCerts(), count);
+}
+
+TEST_F(EstServiceTest, ExpiredGraceDoesNotForgiveNotYetValidCertificates) {
+  state_->config.est.expired_reenroll_grace = hours(24 * 365);
+  auto key = NewKey();
+  auto cert = EnrollWithToken("gw-1", key.get());
+  ASSERT_TRUE(cert);
+  clock_.SetWall(sh::DescribeCert(cert.get()).not_before - hours(1));
+  EstResponse r = Handle(Reenroll(ReenrollBody(key.get(), cert.get()), cert.get()));
+  EXPECT_EQ(r.status, 403) << r.body;
+  EXPECT_TRUE(HasEvent("untrusted_client_certificate"));
+  EXPECT_FALSE(HasEvent("expired_reenroll"));
+  EXPECT_EQ(CountCerts(), 1u);
+}
+
 TEST_F(EstServiceTest, SupersededCertificateWorksOnlyWithinGrace) {
   ASSERT_EQ(state_->config.est.superseded_grace, hours(24 * 7));
   auto key = NewKey();

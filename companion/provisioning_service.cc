@@ -4,6 +4,7 @@
 
 #include "companion/ca.h"
 #include "companion/est_service.h"
+#include "shared/core/base64.h"
 #include "shared/x509/cert.h"
 #include "shared/x509/csr.h"
 #include "shared/x509/key.h"
@@ -176,8 +177,18 @@ Result<std::string> ProvisioningService::Register(const sh::ProvisioningTopic& t
   if (!cert) return sh::Error(cert.error());
   sh::CertInfo info = sh::DescribeCert(cert->get());
   CertificateFacts facts{info.id, info.common_name, info.serial, ""};
+  // The proof of a previous identity is for the companion and the hook, not the template.
+  std::map<std::string, std::string> params = req->parameters;
+  std::optional<std::pair<std::string, std::string>> previous;
+  {
+    auto id = params.find(sh::kPreviousCertificateIdParameter);
+    auto sig = params.find(sh::kPreviousCertificateSignatureParameter);
+    if (id != params.end() && sig != params.end()) previous.emplace(id->second, sig->second);
+    if (id != params.end()) params.erase(id);
+    if (sig != params.end()) params.erase(sig);
+  }
 
-  auto applied = ApplyTemplate(tmpl, req->parameters, facts);
+  auto applied = ApplyTemplate(tmpl, params, facts);
   if (!applied) return fail(sh::kInvalidParameters, applied.error().message());
   auto check_name = [&]() -> std::optional<std::string> {
     if (applied->thing_name == info.common_name) return std::nullopt;
@@ -186,15 +197,28 @@ Result<std::string> ProvisioningService::Register(const sh::ProvisioningTopic& t
   };
   // Checked before the hook runs, so that a hook never acts on a request refused anyway.
   if (auto mismatch = check_name()) return fail(sh::kInvalidParameters, *mismatch);
+  std::string previous_error;
+  if (previous) {
+    previous_error = VerifyPreviousCertificate(previous->first, previous->second, info.id, info.common_name);
+    log_.Info("previous certificate proof", {{"thing", info.common_name}, {"who", Who(topic)},
+                                             {"previous_certificate_id", previous->first},
+                                             {"verified", previous_error.empty() ? "true" : "false"},
+                                             {"reason", previous_error}});
+  }
   if (options_.pre_provision_hook) {
     PreProvisionHookInput in{"", info.id, pending->pem, "certfleet:provisioning-template/" + tmpl.name,
-                             topic.client_id, req->parameters};
+                             topic.client_id, params};
     nlohmann::json input = BuildPreProvisionHookInput(in);
     input["claimSubject"] = topic.claim_subject;
+    if (previous) {
+      input["previousCertificateId"] = previous->first;
+      input["previousCertificateVerified"] = previous_error.empty();
+      if (!previous_error.empty()) input["previousCertificateError"] = previous_error;
+    }
     PreProvisionDecision decision = DecidePreProvision(hooks_.Run(*options_.pre_provision_hook, kHookEventPreProvision, input));
     if (!decision.allow) return fail(sh::kAccessDenied, "pre-provisioning hook denied: " + decision.reason);
     if (!decision.parameter_overrides.empty()) {
-      applied = ApplyTemplate(tmpl, req->parameters, facts, decision.parameter_overrides);
+      applied = ApplyTemplate(tmpl, params, facts, decision.parameter_overrides);
       if (!applied) return fail(sh::kInvalidParameters, applied.error().message());
     }
   }
@@ -226,6 +250,24 @@ Result<std::string> ProvisioningService::Register(const sh::ProvisioningTopic& t
   }
   sh::RegisterThingAccepted out{reg.thing_name, applied->device_configuration};
   return sh::Encode(out);
+}
+
+std::string ProvisioningService::VerifyPreviousCertificate(const std::string& previous_id, const std::string& signature_b64,
+                                                           const std::string& new_id, const std::string& thing_name) {
+  auto rec = state_.registry->FindCert(previous_id);
+  if (!rec) return "registry unavailable";
+  if (!*rec) return "the previous certificate is not in the registry";
+  if ((*rec)->thing_name != thing_name) return "the previous certificate belongs to another thing";
+  auto prev = sh::CertFromPem((*rec)->pem);
+  if (!prev) return "the previous certificate does not parse";
+  // Issued by us; its validity period is not the point (it is typically expired).
+  Status st = state_.device_trust.Verify(prev->get(), nullptr, clock_.Now(), /*ignore_time=*/true);
+  if (!st.ok()) return "the previous certificate was not issued by this companion: " + st.message();
+  auto sig = sh::Base64Decode(signature_b64);
+  if (!sig) return "the signature is not base64";
+  st = sh::VerifySha256(X509_get0_pubkey(prev->get()), sh::PreviousCertificateProofText(new_id), *sig);
+  if (!st.ok()) return "the signature does not verify with the previous certificate's key";
+  return "";
 }
 
 void ProvisioningService::Attach(sh::MqttClient& client) {

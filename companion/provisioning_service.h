@@ -67,6 +67,12 @@ class ProvisioningService {
   };
   ProvisioningReply Reply(const shared::ProvisioningTopic& topic, const Result<std::string>& accepted,
                           const std::optional<Failure>& failure);
+  // Checks a RegisterThing proof of a previous identity (docs/agent.md, "Expired
+  // certificate recovery"): "" when `previous_id` is in the registry, belongs to
+  // `thing_name`, was issued by us and its key signed PreviousCertificateProofText(new_id);
+  // otherwise why not.
+  std::string VerifyPreviousCertificate(const std::string& previous_id, const std::string& signature_b64,
+                                        const std::string& new_id, const std::string& thing_name);
   Result<std::string> CreateFromCsr(const shared::ProvisioningTopic& topic, std::string_view payload,
                                     std::optional<Failure>& failure);
   Result<std::string> CreateKeys(const shared::ProvisioningTopic& topic, std::string_view payload,

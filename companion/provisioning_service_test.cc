@@ -699,6 +699,64 @@ TEST_F(ProvisioningServiceTest, PreProvisionHookThatAllows) {
   EXPECT_EQ(in["parameters"].value("SerialNumber", ""), "SN0001");
 }
 
+TEST_F(ProvisioningServiceTest, ProofOfThePreviousIdentityIsVerifiedAndGivenToTheHook) {
+  json j = template_json_;
+  j["certfleet"]["allowReprovisioning"] = true;
+  UseTemplate(j);
+  const std::string input = dir_.path() + "/hook-input.json";
+  UsePreProvisionHook("cat > '" + input + "'\necho '{\"allowProvisioning\": true}'");
+  auto old_key = NewKey();
+  auto first = CreateFromCsr(old_key.get(), "gw-SN0001");
+  ExpectRegistered(Register(first.certificate_ownership_token, {{"SerialNumber", "SN0001"}}));
+  auto hook_input = [&]() {
+    auto text = fs_.ReadFile(input, 1 << 20);
+    EXPECT_TRUE(text);
+    return text ? json::parse(*text, nullptr, false) : json();
+  };
+  auto proof = [&](EVP_PKEY* key, const std::string& new_id) {
+    auto sig = sh::SignSha256(key, sh::PreviousCertificateProofText(new_id));
+    EXPECT_TRUE(sig);
+    return sig ? sh::Base64EncodeLine(*sig) : std::string();
+  };
+
+  // Signed with the old key over the new certificate's id: verified. The proof
+  // parameters are not template parameters (the template would refuse unknown ones).
+  auto new_key = NewKey();
+  auto second = CreateFromCsr(new_key.get(), "gw-SN0001");
+  ExpectRegistered(Register(second.certificate_ownership_token,
+                            {{"SerialNumber", "SN0001"},
+                             {sh::kPreviousCertificateIdParameter, first.certificate_id},
+                             {sh::kPreviousCertificateSignatureParameter, proof(old_key.get(), second.certificate_id)}}));
+  json in = hook_input();
+  EXPECT_EQ(in.value("previousCertificateId", ""), first.certificate_id);
+  EXPECT_EQ(in.value("previousCertificateVerified", false), true) << in.dump();
+  EXPECT_FALSE(in["parameters"].contains(sh::kPreviousCertificateIdParameter));
+  EXPECT_TRUE(log_.Contains("previous certificate proof"));
+
+  // Signed by another key, or over another certificate: not verified; the hook decides.
+  auto third = CreateFromCsr(NewKey().get(), "gw-SN0001");
+  ExpectRegistered(Register(third.certificate_ownership_token,
+                            {{"SerialNumber", "SN0001"},
+                             {sh::kPreviousCertificateIdParameter, second.certificate_id},
+                             {sh::kPreviousCertificateSignatureParameter, proof(old_key.get(), third.certificate_id)}}));
+  in = hook_input();
+  EXPECT_EQ(in.value("previousCertificateVerified", true), false);
+  EXPECT_NE(in.value("previousCertificateError", "").find("does not verify"), std::string::npos) << in.dump();
+
+  // A certificate of another thing is not a proof for this one.
+  auto other_key = NewKey();
+  auto other = CreateFromCsr(other_key.get(), "gw-SN0002");
+  ExpectRegistered(Register(other.certificate_ownership_token, {{"SerialNumber", "SN0002"}}));
+  auto fourth = CreateFromCsr(NewKey().get(), "gw-SN0001");
+  ExpectRegistered(Register(fourth.certificate_ownership_token,
+                            {{"SerialNumber", "SN0001"},
+                             {sh::kPreviousCertificateIdParameter, other.certificate_id},
+                             {sh::kPreviousCertificateSignatureParameter, proof(other_key.get(), fourth.certificate_id)}}));
+  in = hook_input();
+  EXPECT_EQ(in.value("previousCertificateVerified", true), false);
+  EXPECT_NE(in.value("previousCertificateError", "").find("another thing"), std::string::npos) << in.dump();
+}
+
 TEST_F(ProvisioningServiceTest, PreProvisionHookThatDenies) {
   UsePreProvisionHook("cat >/dev/null\necho '{\"allowProvisioning\": false}'");
   auto key = NewKey();

@@ -48,6 +48,16 @@ inline constexpr size_t kMaxErrorMessageLength = 4096;
 // certificateId is exactly 64 hex digits (SHA-256 of the DER, lower case as certfleet
 // writes it; upper case accepted and kept as sent).
 inline constexpr size_t kCertificateIdLength = 64;
+
+// ---- Proof of possession of a previous identity (expired-certificate recovery) ----
+// Optional RegisterThing parameters, taken out before the template sees the parameters:
+// the id of the certificate being replaced, and base64 of a SHA-256 signature with its
+// key over PreviousCertificateProofText(id of the certificate being registered).
+inline constexpr char kPreviousCertificateIdParameter[] = "certfleet:previousCertificateId";
+inline constexpr char kPreviousCertificateSignatureParameter[] = "certfleet:previousCertificateSignature";
+inline std::string PreviousCertificateProofText(std::string_view new_certificate_id) {
+  return "certfleet previous-certificate proof v1\n" + std::string(new_certificate_id) + "\n";
+}
 // Rejection statusCode: an HTTP error status.
 inline constexpr int kMinRejectionStatus = 400;
 inline constexpr int kMaxRejectionStatus = 599;

@@ -231,4 +231,32 @@ Status TrustStore::Verify(X509* leaf, STACK_OF(X509) * untrusted, WallTime at, b
   return Status::Ok();
 }
 
+Status TrustStore::VerifyExpiredLeaf(X509* leaf, STACK_OF(X509) * untrusted, WallTime now) const {
+  const WallTime at = DescribeCert(leaf).not_after - std::chrono::seconds(1);
+  X509StoreCtxPtr ctx(X509_STORE_CTX_new());
+  if (!ctx || X509_STORE_CTX_init(ctx.get(), store_.get(), leaf, untrusted) != 1) {
+    return OpenSslStatus(Code::kInternal, "X509_STORE_CTX_init");
+  }
+  X509_VERIFY_PARAM* param = X509_STORE_CTX_get0_param(ctx.get());
+  X509_VERIFY_PARAM_set_purpose(param, X509_PURPOSE_ANY);
+  X509_VERIFY_PARAM_set_time(param, static_cast<time_t>(ToUnixSeconds(at)));
+  if (X509_verify_cert(ctx.get()) != 1) {
+    int err = X509_STORE_CTX_get_error(ctx.get());
+    DrainOpenSslErrors();
+    return Status(Code::kUnauthenticated, std::string("certificate verification failed at its notAfter: ") +
+                                              X509_verify_cert_error_string(err));
+  }
+  STACK_OF(X509)* chain = X509_STORE_CTX_get0_chain(ctx.get());  // borrowed
+  time_t t = static_cast<time_t>(ToUnixSeconds(now));
+  for (int i = 1; i < sk_X509_num(chain); ++i) {
+    X509* ca = sk_X509_value(chain, i);
+    if (X509_cmp_time(X509_get0_notBefore(ca), &t) >= 0 || X509_cmp_time(X509_get0_notAfter(ca), &t) <= 0) {
+      return Status(Code::kUnauthenticated,
+                    "certificate verification failed: CA certificate '" + NameToString(X509_get_subject_name(ca)) +
+                        "' is not valid now");
+    }
+  }
+  return Status::Ok();
+}
+
 }  // namespace certfleet::shared

@@ -58,6 +58,12 @@ class TrustStore {
   // validity periods are not checked (for the expired-certificate grace path).
   // kUnauthenticated with OpenSSL's reason when the chain does not verify.
   Status Verify(X509* leaf, STACK_OF(X509) * untrusted, WallTime at, bool ignore_time = false) const;
+  // For an expired `leaf`: verifies the chain as it stood one second before the leaf's
+  // notAfter, then requires every certificate above the leaf (intermediates and anchor)
+  // to be valid at `now`, so an expired issuing CA is never forgiven. Does not decide
+  // whether the leaf's expiry is acceptable; the caller does.
+  // kUnauthenticated when the chain does not verify or a CA certificate is not valid now.
+  Status VerifyExpiredLeaf(X509* leaf, STACK_OF(X509) * untrusted, WallTime now) const;
 
   const std::vector<X509Ptr>& anchors() const { return anchors_; }
 

@@ -561,6 +561,41 @@ TEST(TrustStoreTest, ChainThroughUntrustedIntermediate) {
   EXPECT_EQ(DrainOpenSslErrors(), "");
 }
 
+TEST(TrustStoreTest, ExpiredLeafVerifiesOnlyWhileItsCasAreValid) {
+  Pki root;
+  EvpPkeyPtr int_key = EcKey();
+  CertSpec int_spec;
+  int_spec.common_name = "certfleet issuing CA";
+  int_spec.is_ca = true;
+  int_spec.serial = 2;
+  int_spec.not_after = kNow + hours(24 * 100);
+  X509Ptr intermediate = MakeCert(int_spec, int_key.get(), root.ca.get(), root.ca_key.get());
+  EvpPkeyPtr leaf_key = EcKey();
+  CertSpec leaf_spec;
+  leaf_spec.common_name = "gw-0003";
+  X509Ptr leaf = MakeCert(leaf_spec, leaf_key.get(), intermediate.get(), int_key.get());
+  auto store = TrustStore::FromCerts({root.ca.get()});
+  ASSERT_TRUE(store.has_value());
+  X509StackPtr untrusted = Stack({intermediate.get()});
+
+  // The leaf expired (90d) but its issuing CA (100d) is still valid.
+  WallTime after = kNow + hours(24 * 95);
+  EXPECT_EQ(store->Verify(leaf.get(), untrusted.get(), after).code(), Code::kUnauthenticated);
+  Status st = store->VerifyExpiredLeaf(leaf.get(), untrusted.get(), after);
+  EXPECT_TRUE(st.ok()) << st.ToString();
+  // An expired issuing CA is not forgiven.
+  st = store->VerifyExpiredLeaf(leaf.get(), untrusted.get(), kNow + hours(24 * 101));
+  EXPECT_EQ(st.code(), Code::kUnauthenticated);
+  EXPECT_NE(st.message().find("not valid now"), std::string::npos) << st.message();
+  // Nor a chain that never verified.
+  EXPECT_EQ(store->VerifyExpiredLeaf(leaf.get(), nullptr, after).code(), Code::kUnauthenticated);
+  Pki stranger("some other CA");
+  auto other = TrustStore::FromCerts({stranger.ca.get()});
+  ASSERT_TRUE(other.has_value());
+  EXPECT_EQ(other->VerifyExpiredLeaf(leaf.get(), untrusted.get(), after).code(), Code::kUnauthenticated);
+  EXPECT_EQ(DrainOpenSslErrors(), "");
+}
+
 TEST(TrustStoreTest, FromPemRejectsGarbage) {
   auto store = TrustStore::FromPem("nothing");
   ASSERT_FALSE(store.has_value());
