@@ -197,6 +197,8 @@ class Daemon {
   shared::Status ProveAndCommit();
   shared::Status Commit();
   void Rollback(const shared::Status& why);
+  // After a failed Commit (kCommitting kept): the roll-forward again once the backoff passed.
+  void RetryCommit();
   void FinishRetirement();
   void SafeDelete(const std::string& slot);
   void ReplyRenewals(const std::string& result);
