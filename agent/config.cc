@@ -157,6 +157,7 @@ const sh::ConfigSchema<C>& Schema() {
     s.Add("log_level", sh::StringValue<C>([](C& c) -> auto& { return c.log_level; }, sh::CheckLogLevel));
     s.Add("est.server", sh::StringValue<C>([](C& c) -> auto& { return c.est.server; }, CheckUrl));
     s.Add("est.trust_anchor_file", sh::StringValue<C>([](C& c) -> auto& { return c.est.trust_anchor_file; }, sh::CheckAbsolutePath));
+    s.Add("est.timeout", sh::DurationValue<C>([](C& c) -> auto& { return c.est.timeout; }, std::chrono::seconds(1), std::chrono::seconds(3600)));
     s.Add("est.user", sh::StringValue<C>([](C& c) -> auto& { return c.est.user; }));
     s.Add("est.password_file", sh::StringValue<C>([](C& c) -> auto& { return c.est.password_file; }, sh::CheckAbsolutePath));
     s.Add("est.client_cert_file", sh::StringValue<C>([](C& c) -> auto& { return c.est.client_cert_file; }, sh::CheckAbsolutePath));

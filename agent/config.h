@@ -21,6 +21,7 @@ struct AgentConfig {
     std::string client_cert_file;
     std::string client_key_slot;
     bool tls12_only = false;
+    std::chrono::seconds timeout{60};  // per request of the daemon's re-enrollment
   } est;
   struct Identity {
     std::string common_name;

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "agent/est_commands.h"
+#include "agent/failpoint.h"
 #include "agent/issuance.h"
 #include "agent/provision.h"
 #include "shared/wire/rotation.h"
@@ -247,6 +248,7 @@ void Daemon::TryBootstrap() {
   }
   journal_.state = AgentState::kProvisioning;
   if (!Save().ok()) return;
+  Failpoint(kFpProvisioningJournaled);
   deps_.log.Info("provisioning the first identity");
   Status st = deps_.bootstrap();
   std::string slot = SlotCertifiedBy(deps_.fs, deps_.keys, options_.cert_file,
@@ -255,6 +257,7 @@ void Daemon::TryBootstrap() {
     bootstrap_failures_ = 0;
     Status derived = DeriveFreshJournal();
     if (!derived.ok()) deps_.log.Error("after provisioning", {{"error", derived.ToString()}});
+    if (derived.ok()) Failpoint(kFpProvisionedJournaled);
     return;
   }
   if (st.ok()) st = Status(Code::kInternal, "provisioning reported success but left no usable identity");
@@ -401,9 +404,15 @@ void Daemon::HandleEvent(Event& e) {
         deps_.log.Warn("ignoring a malformed rotation request", {{"error", request.error().ToString()}});
         return;
       }
-      if (request->rotation_id == journal_.last_rotation_id ||
-          (journal_.rotation_requested && request->rotation_id == journal_.requested_rotation_id)) {
-        return;  // done already (the companion has not cleared it yet) or queued
+      if (request->rotation_id == journal_.last_rotation_id) {
+        // Done already, and the companion has not cleared the request yet: it may never
+        // have seen the ack (it was offline, or the ack was lost). Send it again; the
+        // companion treats a repeated ack as a no-op.
+        ResendLastAck();
+        return;
+      }
+      if (journal_.rotation_requested && request->rotation_id == journal_.requested_rotation_id) {
+        return;  // queued
       }
       deps_.log.Info("rotation requested by the companion",
                      {{"rotation_id", request->rotation_id}, {"reason", request->reason}});
@@ -434,6 +443,7 @@ void Daemon::Tick() {
   for (Event& e : events) HandleEvent(e);
 
   TryBootstrap();
+  RetryCommit();
   if (resume_verifying_) {
     resume_verifying_ = false;
     Status st = ProveAndCommit();
@@ -471,6 +481,7 @@ void Daemon::Tick() {
 sh::WallTime Daemon::NextWakeup() const {
   sh::WallTime next = sh::WallTime::max();
   if (journal_.state == AgentState::kUnprovisioned) next = std::min(next, next_bootstrap_);
+  if (journal_.state == AgentState::kCommitting) next = std::min(next, journal_.next_attempt.value_or(deps_.clock.Now()));
   if (!session_ && journal_.state == AgentState::kActive) next = std::min(next, next_connect_);
   if (journal_.state == AgentState::kActive) {
     if (journal_.next_attempt) {
@@ -513,13 +524,16 @@ Status Daemon::Rotate() {
   journal_.state = AgentState::kRotating;
   journal_.pending = PendingRotation{new_slot, journal_.requested_rotation_id, "", ""};
   CF_RETURN_IF_ERROR(Save());
+  Failpoint(kFpRotatingJournaled);
   PublishStatus();
 
   CF_ASSIGN_OR_RETURN(auto current_key, deps_.keys.Load(journal_.current_slot));
   CF_ASSIGN_OR_RETURN(auto new_key, KeyForSlot(deps_.keys, new_slot, options_.key_type, deps_.log));
+  Failpoint(kFpRotateKeyGenerated);
   ClientIdentity current{cert_pem_, current_key->pkey(), journal_.thing_name};
   auto issued = deps_.enroller.Reenroll(current, cert_.get(), new_key->pkey());
   if (!issued) return issued.error().WithContext("re-enrollment");
+  Failpoint(kFpRotateCertIssued);
   NoteTrustedTime(issued->server_date);
 
   sh::CertInfo info = sh::DescribeCert(issued->cert.get());
@@ -532,6 +546,7 @@ Status Daemon::Rotate() {
   journal_.pending->certificate_pem = sh::CertToPem(issued->cert.get());
   journal_.pending->ca_pem = sh::CertsToPem(issued->ca_certs);
   CF_RETURN_IF_ERROR(Save());
+  Failpoint(kFpVerifyingJournaled);
   deps_.log.Info("new certificate issued and verified", {{"serial", info.serial}, {"certificate_id", info.id},
                                                          {"not_after", sh::FormatRfc3339(info.not_after)}});
   return ProveAndCommit();
@@ -557,9 +572,12 @@ Status Daemon::ProveAndCommit() {
   CF_ASSIGN_OR_RETURN(std::string payload, sh::EncodeRotationAck(ack));
   CF_ASSIGN_OR_RETURN(std::string topic, sh::ThingTopic(journal_.thing_name, sh::kRotationAckSuffix));
   CF_RETURN_IF_ERROR(session->Publish(topic, payload, 1, false).WithContext("publishing the rotation ack"));
+  Failpoint(kFpAckAcknowledged);
 
   journal_.state = AgentState::kCommitting;
+  journal_.last_ack = payload;
   CF_RETURN_IF_ERROR(Save());
+  Failpoint(kFpCommittingJournaled);
   session_ = std::move(session);
   current_key_ = std::move(new_key);
   CF_RETURN_IF_ERROR(Commit());
@@ -573,6 +591,7 @@ Status Daemon::Commit() {
   // The flip: one atomic replacement of the certificate file.
   CF_RETURN_IF_ERROR(deps_.fs.WriteFileAtomic(options_.cert_file, p.certificate_pem, 0644)
                          .WithContext("writing " + options_.cert_file));
+  Failpoint(kFpRotateCertFileWritten);
   std::string old_slot = journal_.current_slot;
   sh::WallTime now = deps_.clock.Now();
   journal_.state = AgentState::kActive;
@@ -591,6 +610,7 @@ Status Daemon::Commit() {
   journal_.next_attempt.reset();
   RefreshCertInfo();
   CF_RETURN_IF_ERROR(Save());
+  Failpoint(kFpActiveJournaled);
   deps_.log.Info("rotation committed", {{"certificate_id", cert_id_}, {"slot", p.slot}});
   if (deps_.post_rotation) {
     auto key = deps_.keys.Load(p.slot);
@@ -600,9 +620,34 @@ Status Daemon::Commit() {
   return Status::Ok();
 }
 
+void Daemon::RetryCommit() {
+  if (journal_.state != AgentState::kCommitting) return;
+  if (journal_.next_attempt && deps_.clock.Now() < *journal_.next_attempt) return;
+  Status st = Commit();
+  if (!st.ok()) {
+    Rollback(st);
+    return;
+  }
+  FinishRetirement();
+  OnConnected();
+}
+
+void Daemon::ResendLastAck() {
+  if (journal_.last_ack.empty() || !session_) return;
+  auto topic = sh::ThingTopic(journal_.thing_name, sh::kRotationAckSuffix);
+  if (!topic) return;
+  Status st = session_->Publish(*topic, journal_.last_ack, 1, false);
+  if (st.ok()) {
+    deps_.log.Info("rotation ack sent again", {{"rotation_id", journal_.last_rotation_id}});
+  } else {
+    deps_.log.Warn("sending the rotation ack again failed", {{"error", st.ToString()}});
+  }
+}
+
 void Daemon::FinishRetirement() {
   if (journal_.retired_slot.empty()) return;
   SafeDelete(journal_.retired_slot);
+  Failpoint(kFpOldKeyDeleted);
   journal_.retired_slot.clear();
   (void)Save();
 }
@@ -701,10 +746,14 @@ void Daemon::AdoptRecovered(const std::string& slot) {
 void Daemon::Rollback(const Status& why) {
   sh::WallTime now = deps_.clock.Now();
   if (journal_.state == AgentState::kCommitting) {
-    // Past the point of no return (only a failed file write gets here): retry the
-    // roll-forward at the next start rather than lose the proven identity.
-    deps_.log.Error("commit failed; it is retried on restart", {{"error", why.ToString()}});
+    // Past the point of no return (only a failed file write, e.g. a full disk, gets
+    // here): the old certificate file and key stay as they are; the roll-forward is
+    // retried after backoff (RetryCommit) and on the next start.
+    journal_.failures++;
     journal_.last_error = Text(why);
+    journal_.next_attempt = NextAttemptAfterFailure(now, journal_.failures, options_.renewal, rng_);
+    deps_.log.Error("commit failed; retrying the roll-forward",
+                    {{"error", why.ToString()}, {"next_attempt", sh::FormatRfc3339(*journal_.next_attempt)}});
     return;
   }
   // session_ is the old identity's session, or null when ProveAndCommit had left it:

@@ -213,7 +213,11 @@ class Daemon {
   void RecoverExpired(const shared::Status& why);
   // Adopts the identity the recovery committed in `slot`; the old slot is retired.
   void AdoptRecovered(const std::string& slot);
+  // After a failed Commit (kCommitting kept): the roll-forward again once the backoff passed.
+  void RetryCommit();
   void FinishRetirement();
+  // Publishes journal_.last_ack again on the current session, if there is one.
+  void ResendLastAck();
   void SafeDelete(const std::string& slot);
   void ReplyRenewals(const std::string& result);
 

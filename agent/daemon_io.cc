@@ -2,6 +2,8 @@
 
 #include <openssl/x509v3.h>
 
+#include <algorithm>
+
 #include "shared/x509/csr.h"
 
 namespace certfleet::agent {
@@ -55,6 +57,8 @@ sh::Result<Reenrolled> EstEnroller::Reenroll(const ClientIdentity& current, X509
   o.server = options_.server;
   o.trust_anchor_pem = options_.trust_anchor_pem;
   o.tls12_only = options_.tls12_only;
+  o.request_timeout = options_.timeout;
+  o.connect_timeout = std::min(o.connect_timeout, options_.timeout);
   o.client_cert_pem = current.cert_pem;
   o.client_key = current.key;
   // The daemon must not hang on a server that keeps answering 202.

@@ -36,6 +36,7 @@ struct EstEnrollerOptions {
   std::string server;
   std::string trust_anchor_pem;
   bool tls12_only = false;
+  std::chrono::seconds timeout{60};  // per request (connect and transfer)
 };
 
 class EstEnroller final : public Enroller {

@@ -123,6 +123,37 @@ class FakeEnroller final : public Enroller {
   const TestCa& ca_;
 };
 
+// Passes everything to a MemFilesystem, except that WriteFileAtomic of one path fails
+// as on a full disk (ENOSPC) while armed; nothing of that write reaches the files.
+class DiskFullFilesystem final : public sh::Filesystem {
+ public:
+  explicit DiskFullFilesystem(sh::Filesystem& inner) : inner_(inner) {}
+  void FailWritesTo(std::string path) { full_path_ = std::move(path); }
+  int failed_writes = 0;
+
+  sh::Result<std::string> ReadFile(const std::string& path, size_t max_bytes) const override {
+    return inner_.ReadFile(path, max_bytes);
+  }
+  Status WriteFileAtomic(const std::string& path, std::string_view data, mode_t mode) override {
+    if (!full_path_.empty() && path == full_path_) {
+      failed_writes++;
+      return Status(Code::kResourceExhausted, path + ": No space left on device");
+    }
+    return inner_.WriteFileAtomic(path, data, mode);
+  }
+  Status CreateFileExclusive(const std::string& path, std::string_view data, mode_t mode) override {
+    return inner_.CreateFileExclusive(path, data, mode);
+  }
+  Status MakeDirs(const std::string& path, mode_t mode) override { return inner_.MakeDirs(path, mode); }
+  bool Exists(const std::string& path) const override { return inner_.Exists(path); }
+  Status Remove(const std::string& path) override { return inner_.Remove(path); }
+  sh::Result<std::vector<std::string>> List(const std::string& dir) const override { return inner_.List(dir); }
+
+ private:
+  sh::Filesystem& inner_;
+  std::string full_path_;
+};
+
 class DaemonTest : public ::testing::Test {
  protected:
   DaemonTest() : ca_(MakeCa("Test Root")), clock_(std::chrono::system_clock::now()), enroller_(ca_) {}
@@ -163,7 +194,7 @@ class DaemonTest : public ::testing::Test {
     o.time_sync_file = time_sync_file_;
     o.agent_version = "test";
     o.seed = 42;
-    return std::make_unique<Daemon>(o, DaemonDeps{fs_, keys_, clock_, log_, broker_, enroller_, bootstrap_,
+    return std::make_unique<Daemon>(o, DaemonDeps{disk_, keys_, clock_, log_, broker_, enroller_, bootstrap_,
                                                   [this](const CommittedIdentity& id) { committed_.push_back(id); },
                                                   recover_});
   }
@@ -209,6 +240,7 @@ class DaemonTest : public ::testing::Test {
   TestCa ca_;
   sh::FakeClock clock_;
   sh::MemFilesystem fs_;
+  DiskFullFilesystem disk_{fs_};
   hal::MemoryKeyStore keys_;
   sh::CaptureLogger log_;
   FakeBroker broker_;
@@ -334,6 +366,12 @@ TEST_F(DaemonTest, CompanionRequestIsActedOnOnceAndClearedRequestIgnored) {
   d->Tick();
   EXPECT_EQ(enroller_.calls, 1);
   ExpectWorkingIdentity("identity-b");
+  // The companion may never have seen the first ack (it was down): each time the request
+  // comes back, the same signed ack goes out again; nothing else happens.
+  auto again = broker_.On("rotation/ack");
+  ASSERT_EQ(again.size(), 2u);
+  EXPECT_EQ(again[1].payload, acks[0].payload);
+  EXPECT_EQ(Saved().last_ack, acks[0].payload);
 }
 
 TEST_F(DaemonTest, PolicyThresholdTriggersRotationOnlyOnATrustedClock) {
@@ -749,6 +787,66 @@ TEST_F(DaemonTest, CrashDuringRecoveryFollowsWhatWasCommitted) {
   ASSERT_TRUE(d->Start().ok());
   ExpectWorkingIdentity("identity-b");
   EXPECT_FALSE(HasKey("identity-a"));
+}
+
+TEST_F(DaemonTest, DiskFullWritingTheNewCertificateRollsForwardOnceThereIsSpace) {
+  std::string old_id = InstallIdentity("identity-a");
+  auto d = NewDaemon();
+  ASSERT_TRUE(d->Start().ok());
+  disk_.FailWritesTo(kCertFile);
+  std::string result;
+  d->RequestRenewal([&](const std::string& r) { result = r; });
+  d->Tick();
+
+  // The broker took the ack, the file could not be replaced: the old identity is intact
+  // and the proven new one is kept for the roll-forward.
+  EXPECT_EQ(disk_.failed_writes, 1);
+  EXPECT_EQ(CertFileId(), old_id);
+  EXPECT_EQ(SlotCertifiedBy(fs_, keys_, kCertFile, {"identity-a", "identity-b"}), "identity-a");
+  EXPECT_TRUE(HasKey("identity-a"));
+  EXPECT_TRUE(HasKey("identity-b"));
+  EXPECT_EQ(Saved().state, AgentState::kCommitting);
+  EXPECT_EQ(d->journal().pending->slot, "identity-b");
+  EXPECT_NE(d->journal().last_error.find("No space left"), std::string::npos);
+  EXPECT_EQ(result, "");
+
+  // Still full at the next attempt: retried, nothing lost.
+  clock_.Advance(hours(1));
+  d->Tick();
+  EXPECT_EQ(disk_.failed_writes, 2);
+  EXPECT_EQ(CertFileId(), old_id);
+  EXPECT_TRUE(HasKey("identity-a"));
+
+  // Space is back: the next attempt rolls forward without a second issuance.
+  disk_.FailWritesTo("");
+  clock_.Advance(hours(1));
+  d->Tick();
+  ExpectWorkingIdentity("identity-b");
+  EXPECT_FALSE(HasKey("identity-a"));
+  EXPECT_NE(CertFileId(), old_id);
+  EXPECT_EQ(enroller_.calls, 1);
+  EXPECT_EQ(result, "ok certificate_id=" + CertFileId());
+  EXPECT_EQ(Saved().failures, 0);
+  EXPECT_EQ(committed_.size(), 1u);
+}
+
+TEST_F(DaemonTest, DiskFullThenRestartRollsForwardOnStart) {
+  std::string old_id = InstallIdentity("identity-a");
+  {
+    auto d = NewDaemon();
+    ASSERT_TRUE(d->Start().ok());
+    disk_.FailWritesTo(kCertFile);
+    d->RequestRenewal(nullptr);
+    d->Tick();
+    EXPECT_EQ(Saved().state, AgentState::kCommitting);
+  }
+  EXPECT_EQ(CertFileId(), old_id);
+  disk_.FailWritesTo("");
+  auto d = NewDaemon();
+  ASSERT_TRUE(d->Start().ok());
+  ExpectWorkingIdentity("identity-b");
+  EXPECT_FALSE(HasKey("identity-a"));
+  EXPECT_EQ(enroller_.calls, 1);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
 #include "agent/est_commands.h"
 
+#include "agent/failpoint.h"
 #include "agent/issuance.h"
 #include "shared/x509/cert.h"
 #include "shared/x509/csr.h"
@@ -87,16 +88,19 @@ Result<EnrollOutcome> RunEnroll(const EstCommandOptions& o, sh::Filesystem& fs, 
   EstClient client(std::move(co));
   CF_ASSIGN_OR_RETURN(std::vector<X509Ptr> ca_certs, client.CaCerts());
   CF_ASSIGN_OR_RETURN(auto key, KeyForSlot(*keys, o.key_slot, o.key_type, log));
+  Failpoint(kFpEnrollKeyGenerated);
   sh::CsrRequest req;
   req.common_name = o.common_name;
   CF_ASSIGN_OR_RETURN(sh::X509ReqPtr csr, sh::BuildCsr(key->pkey(), req));
   CF_ASSIGN_OR_RETURN(X509Ptr cert, client.SimpleEnroll(sh::CsrToDer(csr.get())));
+  Failpoint(kFpEnrollCertReceived);
   CF_RETURN_IF_ERROR(VerifyIssued(cert.get(), key->pkey(), anchor, ca_certs, clock.Now()));
   if (sh::NameCommonName(X509_get_subject_name(cert.get())) != o.common_name) {
     return sh::Error(Code::kDataLoss, "the issued certificate's common name is not '" + o.common_name + "'");
   }
   EnrollOutcome out = Outcome(cert.get(), o.key_slot);
   CF_RETURN_IF_ERROR(fs.WriteFileAtomic(o.out_file, out.pem, 0644));
+  Failpoint(kFpEnrollCertFileWritten);
   log.Info("enrolled", {{"common_name", o.common_name}, {"serial", out.serial}, {"fingerprint", out.fingerprint},
                         {"not_after", sh::FormatRfc3339(out.not_after)}, {"key", key->uri()}});
   return out;

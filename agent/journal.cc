@@ -99,6 +99,7 @@ std::string EncodeJournal(const Journal& j) {
   o["caPem"] = j.ca_pem;
   o["lastRotation"] = TimeText(j.last_rotation);
   o["lastRotationId"] = j.last_rotation_id;
+  o["lastAck"] = j.last_ack;
   o["lastError"] = j.last_error;
   o["lastTrustedTime"] = TimeText(j.last_trusted_time);
   o["failures"] = j.failures;
@@ -153,6 +154,7 @@ sh::Result<Journal> ParseJournal(std::string_view text) {
   CF_ASSIGN_OR_RETURN(j.last_rotation, OptTime(o, "lastRotation"));
   CF_ASSIGN_OR_RETURN(j.last_rotation_id, Str(o, "lastRotationId", 64));
   CF_RETURN_IF_ERROR(CheckRotationId("lastRotationId", j.last_rotation_id));
+  CF_ASSIGN_OR_RETURN(j.last_ack, Str(o, "lastAck", sh::kMaxRotationPayload));
   CF_ASSIGN_OR_RETURN(j.last_error, Str(o, "lastError", sh::kMaxStatusTextLength));
   CF_ASSIGN_OR_RETURN(j.last_trusted_time, OptTime(o, "lastTrustedTime"));
   CF_ASSIGN_OR_RETURN(const json* failures, Field(o, "failures", json::value_t::number_integer));

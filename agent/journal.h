@@ -58,6 +58,9 @@ struct Journal {
   std::string ca_pem;  // CA certificates of the current identity (for [[export]] "ca"/"chain")
   std::optional<shared::WallTime> last_rotation;
   std::string last_rotation_id;  // the last rotation request acted on (retained requests come back)
+  // The rotation ack sent for it (JSON, as published): sent again while the companion's
+  // retained request for last_rotation_id is still there, in case the first was lost.
+  std::string last_ack;
   std::string last_error;
   std::optional<shared::WallTime> last_trusted_time;
   int failures = 0;  // consecutive failed attempts

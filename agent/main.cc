@@ -17,6 +17,7 @@
 #include "agent/control.h"
 #include "agent/daemon.h"
 #include "agent/daemon_io.h"
+#include "agent/failpoint.h"
 #include "agent/journal.h"
 #include "agent/post_rotation.h"
 #include "agent/est_commands.h"
@@ -130,7 +131,7 @@ int RunDaemon(const cf::agent::AgentConfig& cfg, const std::string& config_path,
                          static_cast<int>(cfg.mqtt.keepalive.count()),
                          std::chrono::duration_cast<std::chrono::milliseconds>(cfg.mqtt.timeout)},
                         log);
-  ag::EstEnroller enroller({cfg.est.server, *anchor, cfg.est.tls12_only});
+  ag::EstEnroller enroller({cfg.est.server, *anchor, cfg.est.tls12_only, cfg.est.timeout});
 
   std::function<sh::Status()> bootstrap;
   if (!cfg.provisioning.template_name.empty()) {
@@ -328,7 +329,13 @@ int main(int argc, char** argv) {
   renew->add_option("--config", config_path, "agent.toml");
   renew->add_flag("--now", renew_now, "rotate now, whatever the renewal policy says")->required();
 
+  app.add_subcommand("failpoints", "list the fault-injection points (CERTFLEET_AGENT_FAILPOINT, docs/agent.md)");
+
   CLI11_PARSE(app, argc, argv);
+  if (app.got_subcommand("failpoints")) {
+    for (std::string_view name : cf::agent::FailpointNames()) std::printf("%.*s\n", static_cast<int>(name.size()), name.data());
+    return 0;
+  }
   sh::MqttLibrary mqtt_library;
 
   auto& fs = sh::PosixFilesystem::Instance();

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "agent/est_commands.h"
+#include "agent/failpoint.h"
 #include "agent/issuance.h"
 #include "shared/core/base64.h"
 #include "shared/mqtt/client.h"
@@ -154,6 +155,7 @@ Result<Issued> ClaimSession(const ProvisionOptions& o, const Claim& claim, const
 
   Issued out;
   CF_ASSIGN_OR_RETURN(out.key, KeyForSlot(keys, o.key_slot, o.key_type, log));
+  Failpoint(kFpClaimKeyGenerated);
   sh::CsrRequest req;
   req.common_name = o.common_name;
   CF_ASSIGN_OR_RETURN(sh::X509ReqPtr csr, sh::BuildCsr(out.key->pkey(), req));
@@ -172,6 +174,7 @@ Result<Issued> ClaimSession(const ProvisionOptions& o, const Claim& claim, const
   if (sh::NameCommonName(X509_get_subject_name(out.cert.get())) != o.common_name) {
     return sh::Error(Code::kDataLoss, "the issued certificate's common name is not '" + o.common_name + "'");
   }
+  Failpoint(kFpClaimCertReceived);
   out.cert_pem = created.certificate_pem;
   out.certificate_id = created.certificate_id;
   log.Info("certificate issued, registering", {{"certificate_id", out.certificate_id},
@@ -185,6 +188,7 @@ Result<Issued> ClaimSession(const ProvisionOptions& o, const Claim& claim, const
                       Request(*client, *inbox, sh::Operation::kRegisterThing, topics.register_thing,
                               topics.register_accepted, topics.register_rejected, register_payload, o.timeout));
   CF_ASSIGN_OR_RETURN(out.registration, sh::DecodeRegisterThingAccepted(registered_payload));
+  Failpoint(kFpClaimRegistered);
   client->Disconnect();
   return out;
 }
@@ -350,7 +354,9 @@ Result<ProvisionOutcome> RunProvision(const ProvisionOptions& o, sh::Filesystem&
   std::string state_dir = Dirname(o.state_file);
   if (!fs.Exists(state_dir)) CF_RETURN_IF_ERROR(fs.MakeDirs(state_dir, 0700));
   CF_RETURN_IF_ERROR(fs.WriteFileAtomic(o.state_file, state.dump(2) + "\n", 0600));
+  Failpoint(kFpClaimStateFileWritten);
   CF_RETURN_IF_ERROR(fs.WriteFileAtomic(o.cert_file, issued->cert_pem, 0644));
+  Failpoint(kFpClaimCertFileWritten);
   log.Info("provisioned", {{"thing", issued->registration.thing_name}, {"certificate_id", issued->certificate_id},
                            {"serial", info.serial}, {"not_after", sh::FormatRfc3339(info.not_after)},
                            {"key", issued->key->uri()}});

@@ -83,7 +83,8 @@ struct IssueRecord {
   std::optional<std::string> token_hash;
   // Re-enrollment: the certificate being replaced (it becomes superseded).
   std::optional<std::string> replaces_cert_id;
-  // Claim enrollment: refuse if the thing already has a current certificate.
+  // Claim enrollment: refuse if the thing already has a current certificate, unless it
+  // certifies the same public key (a device retrying after it lost the answer).
   bool require_no_current = false;
 };
 

@@ -14,6 +14,7 @@
 #include "shared/core/clock.h"
 #include "shared/testing/temp_dir.h"
 #include "shared/x509/cert.h"
+#include "shared/x509/key.h"
 
 namespace certfleet::companion {
 namespace {
@@ -308,6 +309,43 @@ TEST_F(RegistryTest, RequireNoCurrentRefusesASecondClaim) {
   IssueRecord other = Plain(MakeCert("gw-2", "0B01"));
   other.require_no_current = true;
   EXPECT_TRUE(reg_->RecordIssued(other, kNow + seconds(2)).ok());
+}
+
+// A self-signed certificate for `key` (only its public key matters here).
+std::string CertPemFor(EVP_PKEY* key, long serial) {
+  shared::X509Ptr x(X509_new());
+  ASN1_INTEGER_set(X509_get_serialNumber(x.get()), serial);
+  X509_gmtime_adj(X509_getm_notBefore(x.get()), 0);
+  X509_gmtime_adj(X509_getm_notAfter(x.get()), 3600);
+  X509_set_pubkey(x.get(), key);
+  X509_sign(x.get(), key, EVP_sha256());
+  return shared::CertToPem(x.get());
+}
+
+TEST_F(RegistryTest, ClaimRetriedWithTheSameKeyReplacesTheCurrentCertificate) {
+  // The device lost the answer to its first claim enrollment and asks again with the
+  // same key: the new certificate supersedes the lost one. Another key is refused.
+  auto key = shared::GenerateKeyPair(shared::KeyType::kEcP256);
+  auto other_key = shared::GenerateKeyPair(shared::KeyType::kEcP256);
+  ASSERT_TRUE(key && other_key);
+  IssueRecord first = Plain(MakeCert("gw-1", "0A01"));
+  first.cert.pem = CertPemFor(key->get(), 1);
+  first.require_no_current = true;
+  ASSERT_TRUE(reg_->RecordIssued(first, kNow).ok());
+
+  IssueRecord thief = Plain(MakeCert("gw-1", "0A02"));
+  thief.cert.pem = CertPemFor(other_key->get(), 2);
+  thief.require_no_current = true;
+  EXPECT_EQ(reg_->RecordIssued(thief, kNow + seconds(1)).code(), Code::kFailedPrecondition);
+
+  IssueRecord retry = Plain(MakeCert("gw-1", "0A03"));
+  retry.cert.pem = CertPemFor(key->get(), 3);
+  retry.require_no_current = true;
+  ASSERT_TRUE(reg_->RecordIssued(retry, kNow + seconds(2)).ok());
+  EXPECT_EQ(CurrentIds("gw-1"), std::vector<std::string>{retry.cert.id});
+  auto lost = Find(first.cert.id);
+  ASSERT_TRUE(lost);
+  EXPECT_EQ(lost->superseded_by, retry.cert.id);
 }
 
 TEST_F(RegistryTest, ReenrollmentSupersedesTheCurrentCertificate) {

@@ -92,6 +92,21 @@ AckOutcome RotationCoordinator::Reject(AckOutcome outcome, std::string reason) {
   return outcome;
 }
 
+AckOutcome RotationCoordinator::Duplicate(AckOutcome outcome, const RotationRecord& completed) {
+  outcome.duplicate = true;
+  outcome.rotation_id = completed.id;
+  outcome.reason = "rotation " + completed.id + " is already completed with this certificate";
+  log_.Info("duplicate rotation ack ignored", {{"thing", outcome.thing}, {"rotation", completed.id}});
+  if (!completed.cleared_at) {
+    Status st = ClearRequest(completed);
+    if (!st.ok()) {
+      log_.Warn("clearing the retained rotation request failed; will retry",
+                {{"thing", outcome.thing}, {"rotation", completed.id}, {"error", st.ToString()}});
+    }
+  }
+  return outcome;
+}
+
 AckOutcome RotationCoordinator::HandleAck(const sh::MqttMessage& message) {
   AckOutcome out;
   auto topic = sh::ParseThingTopic(message.topic);
@@ -136,6 +151,9 @@ AckOutcome RotationCoordinator::HandleAck(const sh::MqttMessage& message) {
     if (!rotation || !*rotation || (*rotation)->thing_name != topic->thing_name) {
       return Reject(std::move(out), "unknown rotation " + ack->rotation_id);
     }
+    if ((*rotation)->state == RotationState::kCompleted && (*rotation)->new_cert_id == c.id) {
+      return Duplicate(std::move(out), **rotation);
+    }
     if ((*rotation)->state != RotationState::kPending) {
       return Reject(std::move(out), "rotation " + ack->rotation_id + " is already " +
                                         std::string(RotationStateName((*rotation)->state)));
@@ -145,6 +163,12 @@ AckOutcome RotationCoordinator::HandleAck(const sh::MqttMessage& message) {
   RotationProof proof{topic->thing_name, ack->rotation_id, c.id, clock_.Now(), options_.grace};
   auto done = state_.registry->CompleteRotation(proof);
   if (!done) {
+    if (done.error().code() == Code::kAlreadyExists && ack->rotation_id.empty()) {
+      out.duplicate = true;
+      out.reason = "certificate " + c.id + " is already proven";
+      log_.Info("duplicate rotation ack ignored", {{"thing", out.thing}, {"certificate", c.id}});
+      return out;
+    }
     if (done.error().code() == Code::kAlreadyExists) {
       return Reject(std::move(out), "replayed ack: certificate " + c.id + " is already proven");
     }

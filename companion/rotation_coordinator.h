@@ -71,6 +71,10 @@ struct AckOutcome {
   std::string thing;        // from the topic
   std::string rotation_id;  // of the completed request, if any
   std::string reason;       // why it was rejected
+  // The ack repeats one already taken (same certificate, already proven): an agent that
+  // saw its retained request again before the companion cleared it, or whose first ack
+  // may have been lost. Neither accepted nor a security event.
+  bool duplicate = false;
 };
 
 struct PassResult {
@@ -125,6 +129,7 @@ class RotationCoordinator {
 
  private:
   AckOutcome Reject(AckOutcome outcome, std::string reason);
+  AckOutcome Duplicate(AckOutcome outcome, const RotationRecord& completed);
   // Clears the retained request of a finished rotation, unless the thing has a newer
   // pending request (whose retained message replaced it), and records that.
   Status ClearRequest(const RotationRecord& finished);

@@ -9,6 +9,8 @@
 #include "companion/registry.h"
 #include "shared/sqlite/sqlite.h"
 #include "shared/wire/rotation.h"
+#include "shared/x509/cert.h"
+#include "shared/x509/key.h"
 
 namespace certfleet::companion {
 
@@ -58,6 +60,13 @@ Result<RotationState> ParseRotationState(std::string_view s) {
 }
 
 namespace {
+
+// Whether two certificate PEMs carry the same public key (false if either does not parse).
+bool SameKeyAs(const std::string& a_pem, const std::string& b_pem) {
+  auto a = shared::CertFromPem(a_pem);
+  auto b = shared::CertFromPem(b_pem);
+  return a && b && shared::SamePublicKey(X509_get0_pubkey(a->get()), X509_get0_pubkey(b->get()));
+}
 
 // Schema versions. Append only: never edit a migration that has shipped.
 constexpr std::string_view kMigration1 = R"sql(
@@ -286,12 +295,19 @@ class SqliteRegistry final : public Registry {
     CF_RETURN_IF_ERROR(thing->Run());
 
     CF_ASSIGN_OR_RETURN(StatementLease cur, Use(
-        "SELECT id FROM certificates WHERE thing_name = ?1 AND status = 'ACTIVE' AND superseded_by IS NULL"));
+        "SELECT id, pem FROM certificates WHERE thing_name = ?1 AND status = 'ACTIVE' AND superseded_by IS NULL"));
     cur->Bind(1, c.thing_name);
     CF_ASSIGN_OR_RETURN(bool has_current, cur->Step());
     std::optional<std::string> current_id;
-    if (has_current) current_id = cur->Text(0);
-    if (rec.require_no_current && current_id) {
+    std::string current_pem;
+    if (has_current) {
+      current_id = cur->Text(0);
+      current_pem = cur->Text(1);
+    }
+    // A claim enrollment retried with the key of the current certificate is the same
+    // device asking again: it lost the answer (a crash before it stored the certificate)
+    // and holds that key, so the new certificate replaces the current one.
+    if (rec.require_no_current && current_id && !SameKeyAs(current_pem, c.pem)) {
       return Status(Code::kFailedPrecondition,
                     "thing '" + c.thing_name + "' already has an active certificate; use re-enrollment");
     }
