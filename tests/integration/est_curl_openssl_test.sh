@@ -67,7 +67,11 @@ check_eq "token of another serial 401" 401 "$(http_status --cacert root.pem -u "
 # simpleenroll with a claim certificate.
 make_csr ec gw-claimed claimed.csr.b64 claimed.key
 check_eq "claim certificate enroll" 200 "$(http_status --cacert root.pem --cert claim.pem --key claim.key -H 'Content-Type: application/pkcs10' --data-binary @claimed.csr.b64 "$URL/simpleenroll")"
-check_eq "claim enroll of an existing thing 403" 403 "$(http_status --cacert root.pem --cert claim.pem --key claim.key -H 'Content-Type: application/pkcs10' --data-binary @claimed.csr.b64 "$URL/simpleenroll")"
+# A device that lost the answer retries with the same key and is served again (the new
+# certificate replaces the one it never received); another key is refused.
+check_eq "claim enroll retried with the same key" 200 "$(http_status --cacert root.pem --cert claim.pem --key claim.key -H 'Content-Type: application/pkcs10' --data-binary @claimed.csr.b64 "$URL/simpleenroll")"
+make_csr ec gw-claimed claimed2.csr.b64 claimed2.key
+check_eq "claim enroll of an existing thing with another key 403" 403 "$(http_status --cacert root.pem --cert claim.pem --key claim.key -H 'Content-Type: application/pkcs10' --data-binary @claimed2.csr.b64 "$URL/simpleenroll")"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout rogue.key -subj "/CN=rogue" -days 3 -out rogue.pem 2>/dev/null
 make_csr ec gw-rogue rogue.csr.b64
 check_eq "unknown client certificate enroll 403" 403 "$(http_status --cacert root.pem --cert rogue.pem --key rogue.key -H 'Content-Type: application/pkcs10' --data-binary @rogue.csr.b64 "$URL/simpleenroll")"
@@ -116,8 +120,9 @@ check_eq "CVM GET is 405" 405 "$(http_status --cacert root.pem "$CVM")"
 
 # The registry agrees with what was handed out.
 "$CTL" --config "$COMPANION_CONFIG" certs list --json >certs.json
-check_eq "certificates recorded" 7 "$(python3 -c "import json; print(len(json.load(open('certs.json'))))")"
+check_eq "certificates recorded (the retried claim enrollment too)" 8 "$(python3 -c "import json; print(len(json.load(open('certs.json'))))")"
 check_eq "one current certificate for gw-ec" 1 "$(python3 -c "import json; print(sum(1 for c in json.load(open('certs.json')) if c['thingName']=='gw-ec' and c['current']))")"
+check_eq "one current certificate for gw-claimed" 1 "$(python3 -c "import json; print(sum(1 for c in json.load(open('certs.json')) if c['thingName']=='gw-claimed' and c['current']))")"
 "$CTL" --config "$COMPANION_CONFIG" things list --json >things.json
 check_eq "things recorded" "gw-claimed gw-cvm gw-ec gw-rsa" "$(python3 -c "import json; print(' '.join(t['thingName'] for t in json.load(open('things.json'))))")"
 check "no token appears in the companion log" bash -c "! grep -qF '$TOKEN' '$WORK/companion.log'"
