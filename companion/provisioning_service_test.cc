@@ -466,6 +466,25 @@ TEST_F(ProvisioningServiceTest, AlreadyProvisionedThingIsRejected) {
   EXPECT_FALSE((*rec)->superseded_by);
 }
 
+TEST_F(ProvisioningServiceTest, RegisterThingRetriedWithTheSameKeyReplacesTheLostCertificate) {
+  // The device was provisioned, then lost the answer (a crash before it stored it) and
+  // asks again with the same key: the new certificate replaces the one it never received.
+  auto key = NewKey();
+  auto first = CreateFromCsr(key.get(), "gw-SN0001", kClient);
+  ExpectRegistered(Register(first.certificate_ownership_token, {{"SerialNumber", "SN0001"}}), kClient);
+  auto second = CreateFromCsr(key.get(), "gw-SN0001", kClient);
+  ExpectRegistered(Register(second.certificate_ownership_token, {{"SerialNumber", "SN0001"}}), kClient);
+  EXPECT_EQ(CountCerts(), 2u);
+  auto things = Things();
+  ASSERT_EQ(things.size(), 1u);
+  ASSERT_TRUE(things[0].current_cert_id);
+  EXPECT_EQ(*things[0].current_cert_id, second.certificate_id);
+  auto old = state_->registry->FindCert(first.certificate_id);
+  ASSERT_TRUE(old && *old);
+  ASSERT_TRUE((*old)->superseded_by);
+  EXPECT_EQ(*(*old)->superseded_by, second.certificate_id);
+}
+
 TEST_F(ProvisioningServiceTest, ReprovisioningAllowedByTheTemplateSupersedesTheOldCertificate) {
   json j = template_json_;
   j["certfleet"]["allowReprovisioning"] = true;

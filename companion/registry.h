@@ -196,8 +196,10 @@ class Registry {
   // RegisterThing's commit, one transaction: consumes the token, creates or updates the
   // thing, and moves the pending certificate into the registry with the template's
   // status, superseding the thing's current certificate only when reprovisioning is
-  // allowed. kFailedPrecondition for a used/expired/unknown token; kAlreadyExists when
-  // the thing already has a current certificate and reprovisioning is not allowed.
+  // allowed or the pending certificate is for the same public key (a device retrying
+  // after it lost the answer). kFailedPrecondition for a used/expired/unknown token;
+  // kAlreadyExists when the thing already has a current certificate for another key and
+  // reprovisioning is not allowed.
   // Nothing is stored on failure.
   virtual Result<CertRecord> ActivatePending(const std::string& ownership_token_hash, const ThingRegistration& reg,
                                              WallTime now) = 0;

@@ -467,12 +467,18 @@ class SqliteRegistry final : public Registry {
     CF_RETURN_IF_ERROR(thing->Run());
 
     CF_ASSIGN_OR_RETURN(StatementLease cur, Use(
-        "SELECT id FROM certificates WHERE thing_name = ?1 AND status = 'ACTIVE' AND superseded_by IS NULL"));
+        "SELECT id, pem FROM certificates WHERE thing_name = ?1 AND status = 'ACTIVE' AND superseded_by IS NULL"));
     cur->Bind(1, reg.thing_name);
     CF_ASSIGN_OR_RETURN(bool has_current, cur->Step());
     std::optional<std::string> current_id;
-    if (has_current) current_id = cur->Text(0);
-    if (current_id && !reg.allow_reprovisioning) {
+    bool same_key = false;
+    if (has_current) {
+      current_id = cur->Text(0);
+      same_key = SameKeyAs(cur->Text(1), p.pem);
+    }
+    // As for claim enrollment: RegisterThing retried with the key of the thing's current
+    // certificate is the device that lost the answer (a crash before it stored it).
+    if (current_id && !reg.allow_reprovisioning && !same_key) {
       return shared::Error(Code::kAlreadyExists, "thing '" + reg.thing_name + "' is already provisioned");
     }
     if (current_id && reg.certificate_status == CertStatus::kActive) {
