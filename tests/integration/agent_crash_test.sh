@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Crash safety, proven: the real daemon is killed (SIGKILL, via CERTFLEET_AGENT_FAILPOINT)
-# at every failpoint of provisioning and rotation, restarted, and must end with a working
+# at every failpoint of provisioning (EST and MQTT claim) and rotation, restarted, and must end with a working
 # identity: the broker accepts the certificate file with its key, the companion's registry
 # lists that certificate as the thing's ACTIVE one, and exactly one key slot certifies it.
 # Then: companion killed mid-rotation, broker restarted mid-rotation, EST dropped and
@@ -25,6 +25,18 @@ port = $THINGS_PORT
 grace = "1s"
 sweep_interval = "1s"
 TOML
+mkdir -p "$WORK/state/templates"
+cat >"$WORK/state/templates/gateway.json" <<'JSON'
+{
+  "Parameters": {"SerialNumber": {"Type": "String"}},
+  "Resources": {
+    "thing": {
+      "Type": "AWS::IoT::Thing",
+      "Properties": {"ThingName": {"Fn::Join": ["", ["gw-", {"Ref": "SerialNumber"}]]}}
+    }
+  }
+}
+JSON
 "$CTL" --config "$CONFIG" broker-config --out "$WORK/broker" --port "$THINGS_PORT" --claim-port "$CLAIM_PORT" >/dev/null
 start_broker "$WORK/broker"
 wait_for_port "$THINGS_PORT" 20
@@ -150,6 +162,37 @@ for fp in provision.journal-provisioning provision.enroll-key-generated provisio
   THING=gw-crash-$p
   sed -i "s/^common_name = .*/common_name = \"$THING\"/" agent.toml
   rm -rf gw/state gw/identity.pem gw/keys/identity-*
+  start_agent "$fp"
+  if ! wait_killed 20; then fault "$fp" "not killed"; continue; fi
+  start_agent
+  if wait_active_changed "" 30 && identity_ok >check.out 2>&1; then fault "$fp" recovered
+  else fault "$fp" "no working identity: $(tr '\n' ' ' <check.out)"; fi
+done
+
+# ---- Claim provisioning over MQTT: killed at each claim failpoint, then restarted. ---
+# The daemon provisions by claim when [provisioning] names a template; the thing is
+# gw-<SerialNumber> (the template), so each round is a fresh gateway.
+cp agent.toml agent-est.toml
+for fp in $("$AGENT" failpoints | grep '^provision\.claim-'); do
+  stop_agent
+  p=$((p + 1))
+  THING=gw-claim-$p
+  rm -rf gw/state gw/identity.pem gw/keys/identity-* gw/provisioned.json
+  { sed "s/^common_name = .*/common_name = \"$THING\"/" agent-est.toml
+    cat <<TOML
+
+[provisioning]
+claim_port = $CLAIM_PORT
+things_port = $THINGS_PORT
+claim_cert_file = "$WORK/claim.pem"
+template = "gateway"
+client_id = "SN-claim-$p"
+state_file = "$WORK/gw/provisioned.json"
+
+[provisioning.parameters]
+SerialNumber = "claim-$p"
+TOML
+  } >agent.toml
   start_agent "$fp"
   if ! wait_killed 20; then fault "$fp" "not killed"; continue; fi
   start_agent
