@@ -8,18 +8,8 @@
 source "$(dirname "$0")/lib.sh"
 
 cd "$WORK"
-make_claim_ca
-THINGS_PORT=$(free_port)
-CLAIM_PORT=$(free_port)
-"$COMPANION" init --state-dir "$WORK/state" >/dev/null 2>&1
-CONFIG=$WORK/state/companion.toml
-set_config_key "$CONFIG" est bootstrap_trust_file "\"$WORK/claim-ca.pem\""
+fleet_init
 cat >>"$CONFIG" <<TOML
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = $THINGS_PORT
 
 [rotation]
 grace = "1s"
@@ -37,11 +27,7 @@ cat >"$WORK/state/templates/gateway.json" <<'JSON'
   }
 }
 JSON
-"$CTL" --config "$CONFIG" broker-config --out "$WORK/broker" --port "$THINGS_PORT" --claim-port "$CLAIM_PORT" >/dev/null
-start_broker "$WORK/broker"
-wait_for_port "$THINGS_PORT" 20
-start_companion "$WORK/state"
-"$CTL" --config "$CONFIG" ca cert >root.pem
+fleet_start
 EST_PORT=${COMPANION_ADDR##*:}
 
 # EST goes through the fault proxy; its mode file decides per connection.

@@ -6,24 +6,8 @@
 source "$(dirname "$0")/lib.sh"
 
 cd "$WORK"
-make_claim_ca
-THINGS_PORT=$(free_port)
-CLAIM_PORT=$(free_port)
-"$COMPANION" init --state-dir "$WORK/state" >/dev/null 2>&1
-CONFIG=$WORK/state/companion.toml
-set_config_key "$CONFIG" est bootstrap_trust_file "\"$WORK/claim-ca.pem\""
-cat >>"$CONFIG" <<TOML
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = $THINGS_PORT
-TOML
-check "certfleetctl broker-config" "$CTL" --config "$CONFIG" broker-config --out "$WORK/broker" --port "$THINGS_PORT" --claim-port "$CLAIM_PORT"
-start_broker "$WORK/broker"
-wait_for_port "$THINGS_PORT" 20
-start_companion "$WORK/state"
-"$CTL" --config "$CONFIG" ca cert >root.pem
+fleet_init
+fleet_start
 TOKEN=$("$CTL" --config "$CONFIG" token create --serial gw-001 2>/dev/null)
 printf '%s\n' "$TOKEN" >token.txt
 

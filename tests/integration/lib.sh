@@ -147,6 +147,40 @@ stop_broker() {
   wait "$BROKER_PID" 2>/dev/null || true
 }
 
+# fleet_init: the common start of a fleet test, in $WORK: a claim CA and claim
+# certificate (make_claim_ca), THINGS_PORT and CLAIM_PORT, a companion state directory
+# $WORK/state whose CONFIG trusts the claim CA for EST bootstrap and serves MQTT on the
+# things port. Append further TOML to "$CONFIG", then call fleet_start.
+fleet_init() {
+  make_claim_ca
+  THINGS_PORT=$(free_port)
+  CLAIM_PORT=$(free_port)
+  "$COMPANION" init --state-dir "$WORK/state" >/dev/null 2>&1
+  CONFIG=$WORK/state/companion.toml
+  set_config_key "$CONFIG" est bootstrap_trust_file "\"$WORK/claim-ca.pem\""
+  cat >>"$CONFIG" <<TOML
+
+[mqtt]
+enabled = true
+host = "127.0.0.1"
+port = $THINGS_PORT
+TOML
+}
+
+# fleet_start [BROKER_CONFIG_ARGS...]: certfleetctl broker-config into $WORK/broker (with
+# the extra arguments), mosquitto on it, then the companion. Sets BROKER_PID, COMPANION_PID,
+# COMPANION_ADDR; writes the CA certificate to $WORK/root.pem.
+fleet_start() {
+  check "certfleetctl broker-config" "$CTL" --config "$CONFIG" broker-config --out "$WORK/broker" \
+    --port "$THINGS_PORT" --claim-port "$CLAIM_PORT" "$@"
+  start_broker "$WORK/broker"
+  echo "$BROKER_PID" >"$WORK/broker.pid"
+  wait_for_port "$THINGS_PORT" 20
+  wait_for_port "$CLAIM_PORT" 20
+  start_companion "$WORK/state"
+  "$CTL" --config "$CONFIG" ca cert >"$WORK/root.pem"
+}
+
 # pkcs7_to_pem IN_B64 OUT_PEM
 pkcs7_to_pem() {
   base64 -d "$1" | openssl pkcs7 -inform DER -print_certs -out "$2"

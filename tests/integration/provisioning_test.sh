@@ -5,18 +5,8 @@
 source "$(dirname "$0")/lib.sh"
 
 cd "$WORK"
-make_claim_ca
-THINGS_PORT=$(free_port)
-CLAIM_PORT=$(free_port)
-"$COMPANION" init --state-dir "$WORK/state" >/dev/null 2>&1
-CONFIG=$WORK/state/companion.toml
-set_config_key "$CONFIG" est bootstrap_trust_file "\"$WORK/claim-ca.pem\""
+fleet_init
 cat >>"$CONFIG" <<TOML
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = $THINGS_PORT
 
 [hooks.pre_provision]
 command = ["$HERE/../../packaging/hooks/allow-list-hook", "$WORK/serials.txt"]
@@ -45,12 +35,8 @@ cat >state/templates/gateway.json <<'JSON'
   "DeviceConfiguration": {"telemetryInterval": "60", "model": {"Ref": "Model"}}
 }
 JSON
-check "certfleetctl broker-config" "$CTL" --config "$CONFIG" broker-config --out "$WORK/broker" --port "$THINGS_PORT" --claim-port "$CLAIM_PORT"
+fleet_start
 check "claim ACL uses the certificate CN and the client id" grep -q 'pattern read certfleet/provisioning/%u/%c/#' broker/claim.acl
-start_broker "$WORK/broker"
-wait_for_port "$THINGS_PORT" 20 && wait_for_port "$CLAIM_PORT" 20
-start_companion "$WORK/state"
-"$CTL" --config "$CONFIG" ca cert >root.pem
 # The companion has subscribed once its connection shows in the broker log.
 deadline=$((SECONDS + 20))
 until grep -q "as certfleet-companion" broker.log; do [ $SECONDS -lt $deadline ] || break; sleep 0.05; done

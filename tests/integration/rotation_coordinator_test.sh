@@ -7,12 +7,7 @@
 source "$(dirname "$0")/lib.sh"
 
 cd "$WORK"
-make_claim_ca
-THINGS_PORT=$(free_port)
-CLAIM_PORT=$(free_port)
-"$COMPANION" init --state-dir "$WORK/state" >/dev/null 2>&1
-CONFIG=$WORK/state/companion.toml
-set_config_key "$CONFIG" est bootstrap_trust_file "\"$WORK/claim-ca.pem\""
+fleet_init
 # The reload command: SIGHUP to the test broker (mosquitto re-reads its CRL).
 cat >reload-broker <<SH
 #!/bin/sh
@@ -20,11 +15,6 @@ kill -HUP "\$(cat $WORK/broker.pid)"
 SH
 chmod 0755 reload-broker
 cat >>"$CONFIG" <<TOML
-
-[mqtt]
-enabled = true
-host = "127.0.0.1"
-port = $THINGS_PORT
 
 [rotation]
 grace = "2s"
@@ -34,13 +24,8 @@ sweep_interval = "1s"
 crl_file = "$WORK/broker/crl.pem"
 reload_command = ["$WORK/reload-broker"]
 TOML
-check "certfleetctl broker-config" "$CTL" --config "$CONFIG" broker-config --out "$WORK/broker" --port "$THINGS_PORT" --claim-port "$CLAIM_PORT"
+fleet_start
 check "the things ACL makes the rotation request read-only" grep -qx 'pattern read certfleet/things/%u/rotation/request' broker/things.acl
-start_broker "$WORK/broker"
-echo "$BROKER_PID" >broker.pid
-wait_for_port "$THINGS_PORT" 20
-start_companion "$WORK/state"
-"$CTL" --config "$CONFIG" ca cert >root.pem
 SERVER=https://$COMPANION_ADDR
 
 # gw-1 gets its first certificate with a one-time token.
