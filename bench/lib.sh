@@ -156,3 +156,33 @@ init_companion() {
   sed -i -e '/^[[:space:]]*bootstrap_trust_file[[:space:]]*=/d' \
     -e "s|^\[est\]\$|[est]\nbootstrap_trust_file = \"$work/claim-ca.pem\"|" "$config"
 }
+
+# start_fleet_services: certfleetctl broker-config for $config into $work/broker (things
+# listener $things_port, claim listener $claim_port), mosquitto on it, then the companion;
+# waits until the companion's MQTT session shows in the broker log. Sets broker_pid,
+# companion_pid and est_addr; writes the companion's CA to $work/companion-root.pem.
+start_fleet_services() {
+  "$ctl" --config "$config" broker-config --out "$work/broker" --port "$things_port" --claim-port "$claim_port" \
+    >"$work/broker-config.log" 2>&1 || { cat "$work/broker-config.log" >&2; die "certfleetctl broker-config failed"; }
+  "$ctl" --config "$config" ca cert >"$work/companion-root.pem"
+
+  # mosquitto drops root privileges to its own user, which cannot read the temp
+  # directory, so a root run keeps it as root.
+  {
+    if [[ $(id -u) -eq 0 ]]; then echo "user root"; fi
+    cat "$work/broker/mosquitto.conf"
+  } >"$work/broker-run.conf"
+  mosquitto -c "$work/broker-run.conf" >"$work/broker.log" 2>&1 &
+  broker_pid=$!
+  pids+=("$broker_pid")
+  wait_for "$work/broker.log" "Opening ipv[46] listen socket on port $claim_port" "$broker_pid" "$work/broker.log"
+
+  "$companion" serve --config "$config" --est-listen 127.0.0.1:0 --ready-file "$work/ready" \
+    >"$work/companion.log" 2>&1 &
+  companion_pid=$!
+  pids+=("$companion_pid")
+  wait_for "$work/ready" '^127\.0\.0\.1:[0-9]+$' "$companion_pid" "$work/companion.log"
+  # The companion has subscribed once its connection shows in the broker log.
+  wait_for "$work/broker.log" "as certfleet-companion" "$companion_pid" "$work/companion.log"
+  est_addr=$(<"$work/ready")
+}

@@ -68,27 +68,7 @@ cat >"$state/templates/gateway.json" <<'JSON'
   }
 }
 JSON
-"$ctl" --config "$config" broker-config --out "$work/broker" --port "$things_port" --claim-port "$claim_port" \
-  >"$work/broker-config.log" 2>&1 || { cat "$work/broker-config.log" >&2; die "certfleetctl broker-config failed"; }
-"$ctl" --config "$config" ca cert >"$work/companion-root.pem"
-
-# mosquitto drops root privileges to its own user, which cannot read the temp directory.
-{
-  if [[ $(id -u) -eq 0 ]]; then echo "user root"; fi
-  cat "$work/broker/mosquitto.conf"
-} >"$work/broker-run.conf"
-mosquitto -c "$work/broker-run.conf" >"$work/broker.log" 2>&1 &
-broker_pid=$!
-pids+=("$broker_pid")
-wait_for "$work/broker.log" "Opening ipv[46] listen socket on port $claim_port" "$broker_pid" "$work/broker.log"
-
-"$companion" serve --config "$config" --est-listen 127.0.0.1:0 --ready-file "$work/ready" \
-  >"$work/companion.log" 2>&1 &
-companion_pid=$!
-pids+=("$companion_pid")
-wait_for "$work/ready" '^127\.0\.0\.1:[0-9]+$' "$companion_pid" "$work/companion.log"
-wait_for "$work/broker.log" "as certfleet-companion" "$companion_pid" "$work/companion.log"
-est_addr=$(<"$work/ready")
+start_fleet_services
 
 mkdir -m 0700 "$work/agents"
 "$rotation_load" --things-port "$things_port" --claim-port "$claim_port" --trust-anchor "$work/companion-root.pem" \
