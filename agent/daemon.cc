@@ -436,9 +436,19 @@ bool Daemon::RotationDue(sh::WallTime now) const {
 
 void Daemon::Tick() {
   std::deque<Event> events;
+  std::optional<RenewalPolicy> renewal;
   {
     std::lock_guard lock(mu_);
     events.swap(events_);
+    renewal.swap(pending_renewal_);
+  }
+  if (renewal) {
+    options_.renewal = *renewal;
+    // Mid-rotation the policy takes effect at the commit, which recomputes the renewal time.
+    if (journal_.state == AgentState::kActive && cert_) {
+      RefreshCertInfo();
+      (void)Save();  // logged inside; the next Save retries
+    }
   }
   for (Event& e : events) HandleEvent(e);
 
@@ -495,16 +505,26 @@ sh::WallTime Daemon::NextWakeup() const {
   return next;
 }
 
-void Daemon::Run(const std::atomic<bool>& stop) {
+void Daemon::SetRenewalPolicy(const RenewalPolicy& policy) {
+  {
+    std::lock_guard lock(mu_);
+    pending_renewal_ = policy;
+  }
+  Wake();
+}
+
+void Daemon::Run(const std::atomic<bool>& stop, const std::function<void()>& after_tick,
+                 std::chrono::milliseconds tick_at_least) {
   while (!stop.load()) {
     Tick();
+    if (after_tick) after_tick();
     sh::WallTime now = deps_.clock.Now();
     sh::WallTime next = NextWakeup();
     // Re-check at least every minute: wall-clock jumps and a clock becoming trusted.
-    auto wait = std::chrono::milliseconds(60000);
+    auto wait = std::min(tick_at_least, std::chrono::milliseconds(60000));
     if (next < now + wait) wait = std::max(std::chrono::milliseconds(0), duration_cast<std::chrono::milliseconds>(next - now));
     std::unique_lock lock(mu_);
-    cv_.wait_for(lock, wait, [&] { return !events_.empty() || stop.load(); });
+    cv_.wait_for(lock, wait, [&] { return !events_.empty() || pending_renewal_.has_value() || stop.load(); });
   }
   session_.reset();
 }

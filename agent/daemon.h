@@ -164,7 +164,13 @@ class Daemon {
   // When Tick has something to do next, absent events.
   shared::WallTime NextWakeup() const;
   // Tick until `stop`, waiting for events or NextWakeup in between (real time).
-  void Run(const std::atomic<bool>& stop);
+  // `after_tick` (optional) runs on the daemon thread after every Tick, and at least
+  // every `tick_at_least` while idle: the service watchdog and status line hang on it.
+  void Run(const std::atomic<bool>& stop, const std::function<void()>& after_tick = {},
+           std::chrono::milliseconds tick_at_least = std::chrono::milliseconds(60000));
+  // Thread-safe: the renewal policy a configuration reload swapped in; applied by the
+  // next Tick (the next renewal time is recomputed from it).
+  void SetRenewalPolicy(const RenewalPolicy& policy);
   // Wakes Run.
   void Wake();
 
@@ -243,6 +249,8 @@ class Daemon {
   int bootstrap_failures_ = 0;
   bool resume_verifying_ = false;
   std::vector<std::function<void(const std::string&)>> renew_waiters_;
+
+  std::optional<RenewalPolicy> pending_renewal_;  // guarded by mu_
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

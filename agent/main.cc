@@ -5,7 +5,10 @@
 #include <signal.h>
 
 #include <atomic>
+#include <functional>
 #include <future>
+#include <memory>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include <CLI/CLI.hpp>
@@ -26,6 +29,7 @@
 #include "shared/core/filesystem.h"
 #include "shared/core/log.h"
 #include "shared/mqtt/client.h"
+#include "shared/systemd/notifier.h"
 #include "shared/x509/cert.h"
 
 #ifndef CERTFLEET_VERSION
@@ -111,8 +115,36 @@ int StatusCommand(const cf::agent::AgentConfig& cfg, sh::Filesystem& fs, bool as
   return 0;
 }
 
-int RunDaemon(const cf::agent::AgentConfig& cfg, const std::string& config_path, sh::Filesystem& fs, sh::Logger& log) {
+// The daemon's one-line state for systemd's STATUS=.
+std::string ServiceStatusLine(const cf::agent::DaemonSnapshot& s) {
+  const cf::agent::Journal& j = s.journal;
+  std::string line = std::string(cf::agent::StateName(j.state));
+  if (!j.thing_name.empty()) line += " thing=" + j.thing_name;
+  if (!s.certificate_id.empty()) line += " certificate=" + s.certificate_id.substr(0, 16);
+  line += s.connected ? ", connected" : ", not connected";
+  if (!j.last_error.empty()) line += ", last error: " + j.last_error;
+  if (line.size() > 200) line.resize(200);
+  return line;
+}
+
+// Renewal policy of a config, as the daemon takes it.
+cf::agent::RenewalPolicy RenewalPolicyOf(const cf::agent::AgentConfig& cfg) {
+  cf::agent::RenewalPolicy r;
+  r.threshold = cfg.renewal.threshold;
+  r.before_expiry = std::chrono::hours(24) * cfg.renewal.days_before_expiry;
+  r.jitter = cfg.renewal.jitter;
+  r.retry_base = cfg.renewal.retry_base;
+  r.retry_cap = cfg.renewal.retry_cap;
+  return r;
+}
+
+int RunDaemon(const cf::agent::AgentConfig& cfg, const std::string& config_path, sh::Filesystem& fs, sh::Logger& log,
+              const std::function<void(sh::LogLevel)>& set_log_level) {
   namespace ag = cf::agent;
+  sh::ServiceNotifier notifier;
+  // What a SIGHUP may swap: post-rotation hooks and exports read the live config.
+  std::mutex live_mu;
+  auto live = std::make_shared<const ag::AgentConfig>(cfg);
   std::string anchor_file = cfg.est.trust_anchor_file;
   if (anchor_file.empty()) return Fail(sh::Status(sh::Code::kInvalidArgument, "run needs est.trust_anchor_file"));
   if (cfg.est.server.empty()) return Fail(sh::Status(sh::Code::kInvalidArgument, "run needs est.server"));
@@ -172,11 +204,7 @@ int RunDaemon(const cf::agent::AgentConfig& cfg, const std::string& config_path,
   d.key_type = *key_type;
   d.trust_anchor_pem = *anchor;
   d.state_dir = cfg.agent.state_dir;
-  d.renewal.threshold = cfg.renewal.threshold;
-  d.renewal.before_expiry = std::chrono::hours(24) * cfg.renewal.days_before_expiry;
-  d.renewal.jitter = cfg.renewal.jitter;
-  d.renewal.retry_base = cfg.renewal.retry_base;
-  d.renewal.retry_cap = cfg.renewal.retry_cap;
+  d.renewal = RenewalPolicyOf(cfg);
   d.time_sync_file = cfg.agent.time_sync_file;
   d.agent_version = CERTFLEET_VERSION;
   // Expired-certificate recovery needs claim provisioning (docs/agent.md).
@@ -193,7 +221,14 @@ int RunDaemon(const cf::agent::AgentConfig& cfg, const std::string& config_path,
     };
   }
   ag::Daemon daemon(d, ag::DaemonDeps{fs, **keys, sh::SystemClock::Instance(), log, broker, enroller, bootstrap,
-                                      [&](const ag::CommittedIdentity& id) { ag::RunPostRotation(cfg, id, log); },
+                                      [&](const ag::CommittedIdentity& id) {
+                                        std::shared_ptr<const ag::AgentConfig> now;
+                                        {
+                                          std::lock_guard lock(live_mu);
+                                          now = live;
+                                        }
+                                        ag::RunPostRotation(*now, id, log);
+                                      },
                                       recover});
 
   // Signals go to one thread that stops the loop; every other thread keeps them blocked.
@@ -239,18 +274,44 @@ int RunDaemon(const cf::agent::AgentConfig& cfg, const std::string& config_path,
   std::thread signal_thread([&] {
     int sig = 0;
     while (sigwait(&signals, &sig) == 0) {
-      if (sig == SIGHUP) {
-        log.Info("SIGHUP: configuration reload is not supported yet; restart the service to apply changes");
-        continue;
+      if (sig != SIGHUP) break;
+      // Parse anew; swap only a valid config, and only what can change while running.
+      notifier.Reloading();
+      auto fresh = ag::LoadAgentConfig(config_path, fs);
+      auto level = fresh ? sh::ParseLogLevel(fresh->log_level) : sh::Result<sh::LogLevel>(sh::LogLevel::kInfo);
+      if (!fresh || !level) {
+        log.Error("SIGHUP: the configuration is not valid; keeping the running one",
+                  {{"config", config_path}, {"error", (fresh ? level.error() : fresh.error()).ToString()}});
+      } else {
+        set_log_level(*level);
+        daemon.SetRenewalPolicy(RenewalPolicyOf(*fresh));
+        {
+          std::lock_guard lock(live_mu);
+          live = std::make_shared<const ag::AgentConfig>(std::move(*fresh));
+        }
+        log.Info("SIGHUP: configuration reloaded (renewal, hooks, exports, log_level; other keys need a restart)",
+                 {{"config", config_path}});
       }
-      break;
+      notifier.Ready(ServiceStatusLine(daemon.Snapshot()));
     }
     log.Info("stopping", {{"signal", std::to_string(sig)}});
+    notifier.Stopping();
     stop = true;
     daemon.Wake();
   });
   log.Info("certfleet-agent running", {{"version", CERTFLEET_VERSION}, {"state_dir", cfg.agent.state_dir}});
-  daemon.Run(stop);
+  // Ready: the config is valid, the journal loaded, and the identity is loaded or its
+  // provisioning was started (Start made the first attempt).
+  notifier.Ready(ServiceStatusLine(daemon.Snapshot()));
+  auto watchdog = notifier.watchdog_interval();
+  daemon.Run(
+      stop,
+      [&] {
+        // The daemon thread's own heartbeat: a hung Tick stops it.
+        notifier.Watchdog();
+        if (!stop) notifier.Status(ServiceStatusLine(daemon.Snapshot()));
+      },
+      watchdog.value_or(std::chrono::milliseconds(60000)));
   if (!stop) pthread_kill(signal_thread.native_handle(), SIGTERM);
   signal_thread.join();
   control->reset();
@@ -393,7 +454,15 @@ int main(int argc, char** argv) {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
       return Fail(sh::Status(sh::Code::kInternal, "curl_global_init failed"));
     }
-    int rc = RunDaemon(cfg, config_path, fs, log);
+    // Under systemd (stderr is the journal) records go to the journal with their fields.
+    std::unique_ptr<sh::JournalLogger> journal;
+    if (sh::StderrIsJournal()) journal = std::make_unique<sh::JournalLogger>("certfleet-agent", verbose ? sh::LogLevel::kDebug : level);
+    sh::Logger& daemon_log = journal ? static_cast<sh::Logger&>(*journal) : log;
+    int rc = RunDaemon(cfg, config_path, fs, daemon_log, [&](sh::LogLevel l) {
+      if (verbose) return;
+      if (journal) journal->set_min_level(l);
+      log.set_min_level(l);
+    });
     curl_global_cleanup();
     return rc;
   }

@@ -3,6 +3,8 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <atomic>
+#include <ctime>
 #include <thread>
 
 #include <curl/curl.h>
@@ -17,6 +19,7 @@
 #include "shared/core/config.h"
 #include "shared/core/filesystem.h"
 #include "shared/core/log.h"
+#include "shared/systemd/notifier.h"
 
 namespace cf = certfleet;
 namespace sh = certfleet::shared;
@@ -57,7 +60,13 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
     if (!st.ok()) return Fail(st.WithContext("--est-listen"));
     cfg->est.listen = listen_override;
   }
-  sh::StderrLogger log(sh::ParseLogLevel(cfg->log_level).value_or(sh::LogLevel::kInfo), std::getenv("JOURNAL_STREAM") != nullptr);
+  // Under systemd (stderr is the journal) records go to the journal with their fields.
+  sh::LogLevel level = sh::ParseLogLevel(cfg->log_level).value_or(sh::LogLevel::kInfo);
+  sh::StderrLogger stderr_log(level);
+  std::unique_ptr<sh::JournalLogger> journal;
+  if (sh::StderrIsJournal()) journal = std::make_unique<sh::JournalLogger>("certfleet-companion", level);
+  sh::Logger& log = journal ? static_cast<sh::Logger&>(*journal) : stderr_log;
+  sh::ServiceNotifier notifier;
   auto state = cf::companion::LoadCompanionState(*cfg, fs, {});
   if (!state) return Fail(state.error());
   auto tls_chain = fs.ReadFile(cfg->est.tls_cert_file, 1 << 20);
@@ -131,20 +140,56 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
   }
   log.Info("EST server listening", {{"address", *bound}, {"config", config_path}});
 
+  // This thread takes the signals and speaks to systemd: READY=1 once the listener is
+  // bound, the registry open and (with [mqtt] enabled) the broker connected; STATUS=
+  // on each change; WATCHDOG=1 while the EST listener lives.
+  std::atomic<bool> serving{true};
   std::thread waiter([&] {
+    bool ready = false;
+    auto status_line = [&] {
+      std::string line = "serving EST on " + *bound;
+      if (mqtt) line += mqtt->connected() ? ", MQTT connected" : ", MQTT not connected";
+      return line;
+    };
+    auto tick = notifier.watchdog_interval().value_or(std::chrono::milliseconds(1000));
+    if (tick > std::chrono::milliseconds(1000)) tick = std::chrono::milliseconds(1000);
     for (;;) {
-      int sig = 0;
-      if (sigwait(&signals, &sig) != 0) continue;
+      if (serving) {
+        if (!ready && (!mqtt || mqtt->connected())) {
+          notifier.Ready(status_line());
+          ready = true;
+        } else if (ready) {
+          notifier.Status(status_line());
+        }
+        notifier.Watchdog();
+      }
+      timespec timeout{static_cast<time_t>(tick.count() / 1000), static_cast<long>(tick.count() % 1000) * 1000000L};
+      int sig = sigtimedwait(&signals, nullptr, &timeout);
+      if (sig < 0) continue;
       if (sig == SIGHUP) {
-        log.Warn("SIGHUP: configuration reload is not supported yet; restart to apply changes");
+        // Parse anew; only the log level changes while running, the rest needs a restart.
+        notifier.Reloading();
+        auto fresh = cf::companion::LoadCompanionConfig(config_path, fs);
+        auto fresh_level = fresh ? sh::ParseLogLevel(fresh->log_level) : sh::Result<sh::LogLevel>(level);
+        if (!fresh || !fresh_level) {
+          log.Error("SIGHUP: the configuration is not valid; keeping the running one",
+                    {{"config", config_path}, {"error", (fresh ? fresh_level.error() : fresh.error()).ToString()}});
+        } else {
+          stderr_log.set_min_level(*fresh_level);
+          if (journal) journal->set_min_level(*fresh_level);
+          log.Info("SIGHUP: configuration reloaded (log_level; other keys need a restart)", {{"config", config_path}});
+        }
+        if (ready) notifier.Ready(status_line());
         continue;
       }
       log.Info("stopping", {{"signal", std::to_string(sig)}});
+      notifier.Stopping();
       server.Stop();
       return;
     }
   });
   sh::Status st = server.Serve();
+  serving = false;
   if (!st.ok()) {
     // The listener failed on its own: wake the signal thread so it can end.
     kill(getpid(), SIGTERM);

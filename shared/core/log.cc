@@ -34,9 +34,9 @@ std::string FormatLogLine(std::string_view message, std::initializer_list<LogFie
 }
 
 void StderrLogger::Log(LogLevel level, std::string_view message, std::initializer_list<LogField> fields) {
-  if (static_cast<int>(level) > static_cast<int>(min_level_)) return;
   std::string line = FormatLogLine(message, fields);
   std::lock_guard lock(mu_);
+  if (static_cast<int>(level) > static_cast<int>(min_level_)) return;
   if (journal_prefix_) {
     std::fprintf(stderr, "<%d>%s\n", static_cast<int>(level), line.c_str());
   } else {

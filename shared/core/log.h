@@ -37,6 +37,11 @@ class StderrLogger final : public Logger {
   explicit StderrLogger(LogLevel min_level = LogLevel::kInfo, bool journal_prefix = false)
       : min_level_(min_level), journal_prefix_(journal_prefix) {}
   void Log(LogLevel level, std::string_view message, std::initializer_list<LogField> fields) override;
+  // For a configuration reload.
+  void set_min_level(LogLevel level) {
+    std::lock_guard lock(mu_);
+    min_level_ = level;
+  }
 
  private:
   std::mutex mu_;
