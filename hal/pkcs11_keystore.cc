@@ -1,8 +1,5 @@
-// The OpenSSL key methods used here (EC_KEY_METHOD, RSA_METHOD, ex_data on EC_KEY/RSA)
-// are deprecated in OpenSSL 3 in favour of providers, but they are what OpenSSL 3.0
-// offers for a key whose private half lives elsewhere without writing a provider, and
-// OpenSSL 3.0 routes "foreign" keys (non-default methods) through them for every
-// signature, TLS included.
+// Building public keys from PKCS#11 attributes uses the EC_KEY / RSA level API, which is
+// deprecated in OpenSSL 3 but is what forwarding_key.cc builds on anyway.
 #define OPENSSL_SUPPRESS_DEPRECATED 1
 
 #include "hal/pkcs11_keystore.h"
@@ -27,6 +24,7 @@
 #include <openssl/rand.h>
 #include <openssl/rsa.h>
 
+#include "hal/forwarding_key.h"
 #include "hal/pkcs11_uri.h"
 #include "shared/x509/openssl_error.h"
 
@@ -200,113 +198,51 @@ struct Pkcs11Session {
 
 namespace {
 
-// What an EVP_PKEY's method data points at: the token key that signs for it.
-struct KeyRef {
-  std::shared_ptr<Pkcs11Session> session;
-  CK_OBJECT_HANDLE key = CK_INVALID_HANDLE;
+// Signs with one private key object of the token.
+class Pkcs11Signer final : public RemoteSigner {
+ public:
+  Pkcs11Signer(std::shared_ptr<Pkcs11Session> session, CK_OBJECT_HANDLE key) : session_(std::move(session)), key_(key) {}
+
+  Result<std::string> EcdsaSign(std::string_view digest) override {
+    CF_ASSIGN_OR_RETURN(std::string raw, session_->Sign(key_, CKM_ECDSA, Bytes(digest), digest.size()));
+    // PKCS#11 returns r || s, each as long as the order; OpenSSL wants DER.
+    if (raw.empty() || raw.size() % 2 != 0) return shared::Error(Code::kInternal, "malformed ECDSA signature from the token");
+    size_t half = raw.size() / 2;
+    const unsigned char* p = Bytes(raw);
+    BIGNUM* r = BN_bin2bn(p, static_cast<int>(half), nullptr);
+    BIGNUM* s = BN_bin2bn(p + half, static_cast<int>(half), nullptr);
+    ECDSA_SIG* sig = ECDSA_SIG_new();
+    if (r == nullptr || s == nullptr || sig == nullptr || ECDSA_SIG_set0(sig, r, s) != 1) {
+      BN_free(r);
+      BN_free(s);
+      ECDSA_SIG_free(sig);
+      return shared::Error(shared::OpenSslStatus(Code::kInternal, "ECDSA signature"));
+    }
+    unsigned char* der = nullptr;
+    int n = i2d_ECDSA_SIG(sig, &der);
+    ECDSA_SIG_free(sig);
+    if (n <= 0) return shared::Error(shared::OpenSslStatus(Code::kInternal, "ECDSA signature"));
+    std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(n));
+    OPENSSL_free(der);
+    return out;
+  }
+
+  Result<std::string> RsaPrivate(std::string_view input, bool pkcs1) override {
+    return session_->Sign(key_, pkcs1 ? CKM_RSA_PKCS : CKM_RSA_X_509, Bytes(input), input.size());
+  }
+
+ private:
+  static const unsigned char* Bytes(std::string_view s) { return reinterpret_cast<const unsigned char*>(s.data()); }
+  std::shared_ptr<Pkcs11Session> session_;
+  CK_OBJECT_HANDLE key_;
 };
 
-void FreeRef(void*, void* ptr, CRYPTO_EX_DATA*, int, long, void*) { delete static_cast<KeyRef*>(ptr); }
-int DupRef(CRYPTO_EX_DATA*, const CRYPTO_EX_DATA*, void** from_d, int, long, void*) {
-  if (*from_d != nullptr) *from_d = new KeyRef(*static_cast<KeyRef*>(*from_d));
-  return 1;
-}
-
-void RaiseSignError(const Status& st) { ERR_raise_data(ERR_LIB_USER, ERR_R_INTERNAL_ERROR, "%s", st.ToString().c_str()); }
-
-int g_ec_index = -1;
-int g_rsa_index = -1;
-EC_KEY_METHOD* g_ec_method = nullptr;
-RSA_METHOD* g_rsa_method = nullptr;
-
-ECDSA_SIG* EcSignSig(const unsigned char* dgst, int dlen, const BIGNUM*, const BIGNUM*, EC_KEY* ec) {
-  auto* ref = static_cast<KeyRef*>(EC_KEY_get_ex_data(ec, g_ec_index));
-  if (ref == nullptr) {
-    RaiseSignError(Status(Code::kInternal, "PKCS#11 key without its token reference"));
-    return nullptr;
-  }
-  auto raw = ref->session->Sign(ref->key, CKM_ECDSA, dgst, static_cast<size_t>(dlen));
-  if (!raw) {
-    RaiseSignError(raw.error());
-    return nullptr;
-  }
-  if (raw->empty() || raw->size() % 2 != 0) {
-    RaiseSignError(Status(Code::kInternal, "PKCS#11 token returned a malformed ECDSA signature"));
-    return nullptr;
-  }
-  size_t half = raw->size() / 2;
-  auto* p = reinterpret_cast<const unsigned char*>(raw->data());
-  BIGNUM* r = BN_bin2bn(p, static_cast<int>(half), nullptr);
-  BIGNUM* s = BN_bin2bn(p + half, static_cast<int>(half), nullptr);
-  ECDSA_SIG* sig = ECDSA_SIG_new();
-  if (r == nullptr || s == nullptr || sig == nullptr || ECDSA_SIG_set0(sig, r, s) != 1) {
-    BN_free(r);
-    BN_free(s);
-    ECDSA_SIG_free(sig);
-    return nullptr;
-  }
-  return sig;
-}
-
-int EcSign(int, const unsigned char* dgst, int dlen, unsigned char* out, unsigned int* out_len, const BIGNUM* kinv,
-           const BIGNUM* r, EC_KEY* ec) {
-  ECDSA_SIG* sig = EcSignSig(dgst, dlen, kinv, r, ec);
-  if (sig == nullptr) return 0;
-  unsigned char* p = out;
-  int n = i2d_ECDSA_SIG(sig, &p);
-  ECDSA_SIG_free(sig);
-  if (n <= 0) return 0;
-  *out_len = static_cast<unsigned int>(n);
-  return 1;
-}
-
-int EcSignSetup(EC_KEY*, BN_CTX*, BIGNUM**, BIGNUM**) { return 1; }
-
-int RsaPrivEnc(int flen, const unsigned char* from, unsigned char* to, RSA* rsa, int padding) {
-  auto* ref = static_cast<KeyRef*>(RSA_get_ex_data(rsa, g_rsa_index));
-  if (ref == nullptr) {
-    RaiseSignError(Status(Code::kInternal, "PKCS#11 key without its token reference"));
-    return -1;
-  }
-  CK_MECHANISM_TYPE mech;
-  if (padding == RSA_PKCS1_PADDING) {
-    mech = CKM_RSA_PKCS;
-  } else if (padding == RSA_NO_PADDING) {
-    mech = CKM_RSA_X_509;
-  } else {
-    RaiseSignError(Status(Code::kUnimplemented, "RSA padding not supported by the PKCS#11 key store"));
-    return -1;
-  }
-  auto sig = ref->session->Sign(ref->key, mech, from, static_cast<size_t>(flen));
-  if (!sig) {
-    RaiseSignError(sig.error());
-    return -1;
-  }
-  if (sig->size() > static_cast<size_t>(RSA_size(rsa))) return -1;
-  std::copy(sig->begin(), sig->end(), to);
-  return static_cast<int>(sig->size());
-}
-
-void InitMethods() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    g_ec_index = EC_KEY_get_ex_new_index(0, nullptr, nullptr, DupRef, FreeRef);
-    g_rsa_index = RSA_get_ex_new_index(0, nullptr, nullptr, DupRef, FreeRef);
-    g_ec_method = EC_KEY_METHOD_new(EC_KEY_OpenSSL());
-    EC_KEY_METHOD_set_sign(g_ec_method, EcSign, EcSignSetup, EcSignSig);
-    g_rsa_method = RSA_meth_dup(RSA_PKCS1_OpenSSL());
-    RSA_meth_set1_name(g_rsa_method, "certfleet PKCS#11");
-    RSA_meth_set_priv_enc(g_rsa_method, RsaPrivEnc);
-  });
-}
-
 // The public key of `pub` (an object holding the public attributes) bound to the
-// token's private key `priv`.
+// token's private key `priv`. Requires s->mu.
 Result<EvpPkeyPtr> TokenKey(const std::shared_ptr<Pkcs11Session>& s, CK_OBJECT_HANDLE priv, CK_OBJECT_HANDLE pub,
                             CK_KEY_TYPE type) {
-  InitMethods();
-  EvpPkeyPtr pkey(EVP_PKEY_new());
-  if (!pkey) return shared::Error(shared::OpenSslStatus(Code::kInternal, "EVP_PKEY_new"));
+  EvpPkeyPtr public_key(EVP_PKEY_new());
+  if (!public_key) return shared::Error(shared::OpenSslStatus(Code::kInternal, "EVP_PKEY_new"));
   if (type == CKK_EC) {
     CF_ASSIGN_OR_RETURN(std::string params, s->Attribute(pub, CKA_EC_PARAMS));
     CF_ASSIGN_OR_RETURN(std::string point, s->Attribute(pub, CKA_EC_POINT));
@@ -323,18 +259,12 @@ Result<EvpPkeyPtr> TokenKey(const std::shared_ptr<Pkcs11Session>& s, CK_OBJECT_H
     bool ok = false;
     if (os != nullptr) ok = EC_KEY_oct2key(ec, ASN1_STRING_get0_data(os), ASN1_STRING_length(os), nullptr) == 1;
     ASN1_OCTET_STRING_free(os);
-    if (!ok) {
-      ok = EC_KEY_oct2key(ec, reinterpret_cast<const unsigned char*>(point.data()), point.size(), nullptr) == 1;
-    }
-    if (!ok || EC_KEY_set_method(ec, g_ec_method) != 1 ||
-        EC_KEY_set_ex_data(ec, g_ec_index, new KeyRef{s, priv}) != 1 || EVP_PKEY_assign_EC_KEY(pkey.get(), ec) != 1) {
+    if (!ok) ok = EC_KEY_oct2key(ec, reinterpret_cast<const unsigned char*>(point.data()), point.size(), nullptr) == 1;
+    if (!ok || EVP_PKEY_assign_EC_KEY(public_key.get(), ec) != 1) {
       EC_KEY_free(ec);
       return shared::Error(shared::OpenSslStatus(Code::kDataLoss, "PKCS#11 EC public key"));
     }
-    shared::DrainOpenSslErrors();
-    return pkey;
-  }
-  if (type == CKK_RSA) {
+  } else if (type == CKK_RSA) {
     CF_ASSIGN_OR_RETURN(std::string n, s->Attribute(pub, CKA_MODULUS));
     CF_ASSIGN_OR_RETURN(std::string e, s->Attribute(pub, CKA_PUBLIC_EXPONENT));
     RSA* rsa = RSA_new();
@@ -346,15 +276,14 @@ Result<EvpPkeyPtr> TokenKey(const std::shared_ptr<Pkcs11Session>& s, CK_OBJECT_H
       RSA_free(rsa);
       return shared::Error(shared::OpenSslStatus(Code::kDataLoss, "PKCS#11 RSA public key"));
     }
-    RSA_set_flags(rsa, RSA_FLAG_EXT_PKEY);
-    if (RSA_set_method(rsa, g_rsa_method) != 1 || RSA_set_ex_data(rsa, g_rsa_index, new KeyRef{s, priv}) != 1 ||
-        EVP_PKEY_assign_RSA(pkey.get(), rsa) != 1) {
+    if (EVP_PKEY_assign_RSA(public_key.get(), rsa) != 1) {
       RSA_free(rsa);
       return shared::Error(shared::OpenSslStatus(Code::kDataLoss, "PKCS#11 RSA public key"));
     }
-    return pkey;
+  } else {
+    return shared::Error(Code::kUnimplemented, "PKCS#11 key of a type other than EC or RSA");
   }
-  return shared::Error(Code::kUnimplemented, "PKCS#11 key of a type other than EC or RSA");
+  return MakeForwardingKey(public_key.get(), std::make_shared<Pkcs11Signer>(s, priv));
 }
 
 class Pkcs11KeyHandle final : public KeyHandle {

@@ -1,10 +1,9 @@
 // Keys inside a PKCS#11 token (an HSM, a secure element, SoftHSM2 in tests).
 //
 // The module is loaded with dlopen and driven through its function list directly;
-// the EVP_PKEY a handle exposes is a public key whose signing operations call
-// C_Sign in the token (an EC_KEY_METHOD / RSA_METHOD), so CSR signing, X509_sign and
-// TLS (SSL_CTX_use_PrivateKey) work unchanged and the private key never leaves the
-// token. Why not the libp11 ENGINE: bookworm's libp11 0.4.12 cannot generate EC keys,
+// the EVP_PKEY a handle exposes is a forwarding key (hal/forwarding_key.h) whose
+// signatures are made by C_Sign in the token, so CSR signing, X509_sign and TLS
+// (SSL_CTX_use_PrivateKey) work unchanged and the private key never leaves the token. Why not the libp11 ENGINE: bookworm's libp11 0.4.12 cannot generate EC keys,
 // and loading the module both through the engine and directly (for key generation)
 // would initialise it twice in one process.
 //
