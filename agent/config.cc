@@ -1,5 +1,6 @@
 #include "agent/config.h"
 
+#include "hal/pkcs11_uri.h"
 #include "shared/core/config.h"
 #include "shared/wire/provisioning.h"
 #include "shared/wire/topics.h"
@@ -23,8 +24,17 @@ Status CheckUrl(const std::string& s) {
 }
 
 Status CheckBackend(const std::string& s) {
-  if (s == "file" || s == "memory") return Status::Ok();
-  return Status(Code::kInvalidArgument, "unknown keystore backend '" + s + "' (file, memory)");
+  if (s == "file" || s == "memory" || s == "pkcs11" || s == "tpm") return Status::Ok();
+  return Status(Code::kInvalidArgument, "unknown keystore backend '" + s + "' (file, memory, pkcs11, tpm)");
+}
+
+Status CheckPkcs11Uri(const std::string& s) { return hal::ParsePkcs11Uri(s) ? Status::Ok() : hal::ParsePkcs11Uri(s).error(); }
+
+Status CheckTcti(const std::string& s) {
+  if (s.empty() || s.find_first_of("\n\r") != std::string::npos) {
+    return Status(Code::kInvalidArgument, "expected a TCTI such as \"device:/dev/tpmrm0\"");
+  }
+  return Status::Ok();
 }
 
 Status CheckDialect(const std::string& s) {
@@ -199,6 +209,10 @@ const sh::ConfigSchema<C>& Schema() {
     s.Add("export", SetExports);
     s.Add("keystore.backend", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.backend; }, CheckBackend));
     s.Add("keystore.dir", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.dir; }, sh::CheckAbsolutePath));
+    s.Add("keystore.uri", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.uri; }, CheckPkcs11Uri));
+    s.Add("keystore.module", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.module; }, sh::CheckAbsolutePath));
+    s.Add("keystore.pin_file", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.pin_file; }, sh::CheckAbsolutePath));
+    s.Add("keystore.tcti", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.tcti; }, CheckTcti));
     return s;
   }();
   return schema;
@@ -210,6 +224,12 @@ sh::Result<AgentConfig> ParseAgentConfig(std::string_view text, const std::strin
   CF_ASSIGN_OR_RETURN(AgentConfig c, Schema().Parse(text, source, AgentConfig{}));
   if (c.renewal.retry_cap < c.renewal.retry_base) {
     return sh::Error(Code::kInvalidArgument, source + ": renewal.retry_cap is shorter than renewal.retry_base");
+  }
+  if (c.keystore.backend == "pkcs11" && c.keystore.uri.empty()) {
+    return sh::Error(Code::kInvalidArgument, source + ": keystore backend 'pkcs11' needs keystore.uri (pkcs11:token=...)");
+  }
+  if (c.keystore.backend == "tpm" && c.keystore.tcti.empty()) {
+    return sh::Error(Code::kInvalidArgument, source + ": keystore backend 'tpm' needs keystore.tcti");
   }
   return c;
 }

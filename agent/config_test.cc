@@ -52,6 +52,30 @@ TEST(AgentConfigTest, ParsesEveryKey) {
   EXPECT_EQ(cfg->keystore.dir, "/var/lib/certfleet-agent/keys");
 }
 
+TEST(AgentConfigTest, HardwareKeyStores) {
+  auto p11 = ParseAgentConfig(
+      "[keystore]\nbackend = \"pkcs11\"\nuri = \"pkcs11:token=gateway\"\n"
+      "module = \"/usr/lib/softhsm/libsofthsm2.so\"\npin_file = \"/etc/certfleet/token-pin\"\n",
+      kSource);
+  ASSERT_TRUE(p11) << p11.error().ToString();
+  EXPECT_EQ(p11->keystore.backend, "pkcs11");
+  EXPECT_EQ(p11->keystore.uri, "pkcs11:token=gateway");
+  EXPECT_EQ(p11->keystore.module, "/usr/lib/softhsm/libsofthsm2.so");
+  EXPECT_EQ(p11->keystore.pin_file, "/etc/certfleet/token-pin");
+  auto tpm = ParseAgentConfig(
+      "[keystore]\nbackend = \"tpm\"\ntcti = \"device:/dev/tpmrm0\"\ndir = \"/var/lib/certfleet-agent/keys\"\n",
+      kSource);
+  ASSERT_TRUE(tpm) << tpm.error().ToString();
+  EXPECT_EQ(tpm->keystore.tcti, "device:/dev/tpmrm0");
+  // Each hardware backend needs to know where the hardware is.
+  auto no_uri = ParseAgentConfig("[keystore]\nbackend = \"pkcs11\"\n", kSource);
+  ASSERT_FALSE(no_uri);
+  EXPECT_NE(no_uri.error().ToString().find("keystore.uri"), std::string::npos);
+  auto no_tcti = ParseAgentConfig("[keystore]\nbackend = \"tpm\"\n", kSource);
+  ASSERT_FALSE(no_tcti);
+  EXPECT_NE(no_tcti.error().ToString().find("keystore.tcti"), std::string::npos);
+}
+
 TEST(AgentConfigTest, EmptyFileGivesTheDefaults) {
   auto cfg = ParseAgentConfig("", kSource);
   ASSERT_TRUE(cfg) << cfg.error().ToString();
@@ -114,7 +138,10 @@ TEST(AgentConfigTest, WrongTypes) {
 }
 
 TEST(AgentConfigTest, BadEnumValues) {
-  ExpectError("[keystore]\nbackend = \"tpm\"\n", "2:", "keystore.backend");
+  ExpectError("[keystore]\nbackend = \"smartcard\"\n", "2:", "keystore.backend");
+  ExpectError("[keystore]\nuri = \"pkcs11:token=%zz\"\n", "2:", "keystore.uri");
+  ExpectError("[keystore]\nmodule = \"libsofthsm2.so\"\n", "2:", "keystore.module");
+  ExpectError("[keystore]\npin_file = \"pin\"\n", "2:", "keystore.pin_file");
   ExpectError("log_level = \"verbose\"\n", "1:", "log_level");
 }
 

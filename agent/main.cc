@@ -340,7 +340,9 @@ int main(int argc, char** argv) {
   };
   auto add_keys = [&](CLI::App* c) {
     c->add_option("--key-dir", key_dir, "directory of the file key store");
-    c->add_option("--keystore", keystore_backend, "key store backend: file (default) or memory");
+    c->add_option("--keystore", keystore_backend,
+                  "key store backend: file (default), memory, pkcs11, tpm (the hardware ones take their settings "
+                  "from [keystore] in --config)");
     c->add_option("--key-type", key_type, "ec-p256 (default), ec-p384, rsa-2048, rsa-3072");
   };
   auto* cacerts = est->add_subcommand("cacerts", "fetch the CA certificates");

@@ -1,5 +1,6 @@
 #include "companion/config.h"
 
+#include "hal/pkcs11_uri.h"
 #include "shared/core/config.h"
 #include "shared/x509/key.h"
 
@@ -175,6 +176,12 @@ const ConfigSchema<C>& Schema() {
     s.Add("broker.crl_validity", sh::DurationValue<C>([](C& c) -> auto& { return c.broker.crl_validity; }, hours(1), hours(24 * 365)));
     s.Add("keystore.backend", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.backend; }));
     s.Add("keystore.dir", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.dir; }, sh::CheckAbsolutePath));
+    s.Add("keystore.uri", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.uri; }, [](const std::string& v) {
+            auto uri = hal::ParsePkcs11Uri(v);
+            return uri ? Status::Ok() : uri.error();
+          }));
+    s.Add("keystore.module", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.module; }, sh::CheckAbsolutePath));
+    s.Add("keystore.pin_file", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.pin_file; }, sh::CheckAbsolutePath));
     s.Add("registry.path", sh::StringValue<C>([](C& c) -> auto& { return c.registry_path; }, sh::CheckAbsolutePath));
     return s;
   }();

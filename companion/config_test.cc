@@ -83,6 +83,19 @@ TEST(CompanionConfigTest, PathsDeriveFromStateDir) {
   EXPECT_EQ(slash->registry_path, "/var/lib/cf/registry.sqlite3");
 }
 
+TEST(CompanionConfigTest, CaKeyInAPkcs11Token) {
+  auto cfg = Parse(WithStateDir(
+      "[keystore]\nbackend = \"pkcs11\"\nuri = \"pkcs11:token=fleet-ca\"\n"
+      "module = \"/usr/lib/softhsm/libsofthsm2.so\"\npin_file = \"/etc/cf/hsm-pin\"\n"));
+  ASSERT_TRUE(cfg) << cfg.error().ToString();
+  EXPECT_EQ(cfg->keystore.backend, "pkcs11");
+  EXPECT_EQ(cfg->keystore.uri, "pkcs11:token=fleet-ca");
+  EXPECT_EQ(cfg->keystore.module, "/usr/lib/softhsm/libsofthsm2.so");
+  EXPECT_EQ(cfg->keystore.pin_file, "/etc/cf/hsm-pin");
+  EXPECT_FALSE(Parse(WithStateDir("[keystore]\nuri = \"http://x\"\n")));
+  EXPECT_FALSE(Parse(WithStateDir("[keystore]\npin_file = \"relative\"\n")));
+}
+
 TEST(CompanionConfigTest, ExplicitPathsWinOverDerivedOnes) {
   auto cfg = Parse(WithStateDir(
       "[est]\ntls_cert_file = \"/etc/cf/tls.pem\"\nbootstrap_trust_file = \"/etc/cf/claim.pem\"\n"

@@ -60,8 +60,16 @@ Result<std::string> SignSha256(const KeyHandle& key, std::string_view data);
 
 // Which backend and where. Parsed from the programs' [keystore] config sections.
 struct KeyStoreConfig {
-  std::string backend = "file";  // "file" | "memory"
-  std::string dir;               // file: directory holding the keys (created 0700)
+  std::string backend = "file";  // "file" | "memory" | "pkcs11" | "tpm"
+  std::string dir;               // file, tpm: directory holding the keys / key blobs (created 0700)
+  // pkcs11: the token as a PKCS#11 URI ("pkcs11:token=gw?module-path=/usr/lib/...so"),
+  // the module (overrides module-path) and the file holding the user PIN (overrides
+  // pin-source and pin-value; checked strictly, see ReadPinFile in hal/pkcs11_uri.h).
+  std::string uri;
+  std::string module;
+  std::string pin_file;
+  // tpm: how to reach the TPM ("device:/dev/tpmrm0", "swtpm:host=127.0.0.1,port=2321").
+  std::string tcti;
 };
 
 // kInvalidArgument for an unknown backend or missing settings.
