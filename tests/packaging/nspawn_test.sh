@@ -47,8 +47,8 @@ cleanup() {
 trap cleanup EXIT
 cp -a "$BASE" "$ROOT"
 mkdir -p "$ROOT/debs/old" "$ROOT/debs/new"
-cp "$DIST"/certfleet-*.deb "$ROOT/debs/old/"
-cp "$NEW_DIST"/certfleet-*.deb "$ROOT/debs/new/"
+cp "$DIST"/certfleet-agent_*.deb "$DIST"/certfleet-companion_*.deb "$ROOT/debs/old/"
+cp "$NEW_DIST"/certfleet-agent_*.deb "$NEW_DIST"/certfleet-companion_*.deb "$ROOT/debs/new/"
 
 systemd-nspawn -q -D "$ROOT" --register=no --keep-unit --private-network --boot >"$WORK/console.log" 2>&1 &
 NSPAWN_PID=$!
@@ -79,7 +79,7 @@ wait_until() {  # wait_until SECONDS COMMAND...
 }
 
 # ---- install ----
-check "install both packages" c dpkg -i /debs/old/certfleet-companion_*.deb /debs/old/certfleet-agent_*.deb
+check "install both packages" c sh -c 'dpkg -i /debs/old/*.deb' 
 check "the users exist" c getent passwd _certfleet-agent _certfleet-companion
 check "the companion's CA key directory is 0700" test "$(c stat -c %a /var/lib/certfleet-companion/keys)" = 700
 check "certfleet-companion active (running) after READY=1" wait_until 30 active_running certfleet-companion
@@ -128,8 +128,7 @@ CERT_BEFORE=$(c sha256sum /var/lib/certfleet-agent/identity.pem)
 CA_BEFORE=$(c sha256sum /var/lib/certfleet-companion/ca/root.pem)
 APID=$(prop certfleet-agent MainPID)
 CPID=$(prop certfleet-companion MainPID)
-check "upgrade to the newer packages" c env DEBIAN_FRONTEND=noninteractive dpkg -i --force-confold \
-  /debs/new/certfleet-companion_*.deb /debs/new/certfleet-agent_*.deb
+check "upgrade to the newer packages" c sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i --force-confold /debs/new/*.deb' 
 check "the edited conffile is kept" c grep -q '^# edited by the operator' /etc/certfleet/agent.toml
 check "the agent's identity is kept" test "$(c sha256sum /var/lib/certfleet-agent/identity.pem)" = "$CERT_BEFORE"
 check "the companion's CA is kept" test "$(c sha256sum /var/lib/certfleet-companion/ca/root.pem)" = "$CA_BEFORE"
