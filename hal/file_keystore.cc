@@ -48,7 +48,7 @@ Result<std::unique_ptr<KeyHandle>> FileKeyStore::Import(std::string_view slot, E
   }
   CF_RETURN_IF_ERROR(st);
   EVP_PKEY_up_ref(key);
-  return std::unique_ptr<KeyHandle>(std::make_unique<SoftwareKeyHandle>(std::string(slot), "file:" + path, EvpPkeyPtr(key)));
+  return std::unique_ptr<KeyHandle>(std::make_unique<OwnedKeyHandle>(std::string(slot), "file:" + path, EvpPkeyPtr(key)));
 }
 
 Result<std::unique_ptr<KeyHandle>> FileKeyStore::Load(std::string_view slot) {
@@ -64,26 +64,14 @@ Result<std::unique_ptr<KeyHandle>> FileKeyStore::Load(std::string_view slot) {
   Scrub scrub{*pem};
   auto key = shared::PrivateKeyFromPem(*pem);
   if (!key) return shared::Error(Code::kDataLoss, "key file " + path + " does not hold a private key");
-  return std::unique_ptr<KeyHandle>(std::make_unique<SoftwareKeyHandle>(std::string(slot), "file:" + path, std::move(*key)));
+  return std::unique_ptr<KeyHandle>(std::make_unique<OwnedKeyHandle>(std::string(slot), "file:" + path, std::move(*key)));
 }
 
 Status FileKeyStore::Delete(std::string_view slot) {
   CF_RETURN_IF_ERROR(ValidateSlotName(slot));
-  Status st = fs_.Remove(PathOf(slot));
-  if (st.code() == Code::kNotFound) return Status(Code::kNotFound, "no key in slot '" + std::string(slot) + "'");
-  return st;
+  return DeleteSlotFile(fs_, PathOf(slot), slot);
 }
 
-Result<std::vector<std::string>> FileKeyStore::List() {
-  CF_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_.List(dir_));
-  std::vector<std::string> slots;
-  for (const auto& n : names) {
-    if (n.size() > kSuffix.size() && n.compare(n.size() - kSuffix.size(), kSuffix.size(), kSuffix) == 0 &&
-        n.front() != '.') {
-      slots.push_back(n.substr(0, n.size() - kSuffix.size()));
-    }
-  }
-  return slots;
-}
+Result<std::vector<std::string>> FileKeyStore::List() { return ListSlotFiles(fs_, dir_, kSuffix); }
 
 }  // namespace certfleet::hal

@@ -12,6 +12,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "shared/core/filesystem.h"
@@ -35,6 +36,22 @@ class KeyHandle {
   virtual std::string uri() const = 0;
 };
 
+// A handle that owns its EVP_PKEY (a software key, or a forwarding key that signs in a
+// device); every backend hands these out.
+class OwnedKeyHandle final : public KeyHandle {
+ public:
+  OwnedKeyHandle(std::string slot, std::string uri, shared::EvpPkeyPtr key)
+      : slot_(std::move(slot)), uri_(std::move(uri)), key_(std::move(key)) {}
+  const std::string& slot() const override { return slot_; }
+  EVP_PKEY* pkey() const override { return key_.get(); }
+  std::string uri() const override { return uri_; }
+
+ private:
+  std::string slot_;
+  std::string uri_;
+  shared::EvpPkeyPtr key_;
+};
+
 class KeyStore {
  public:
   virtual ~KeyStore() = default;
@@ -54,6 +71,12 @@ class KeyStore {
 };
 
 Status ValidateSlotName(std::string_view slot);
+
+// Backends that keep one file per slot ("<dir>/<slot><suffix>": PEM keys, TPM key blobs).
+// DeleteSlotFile: kNotFound naming the slot when the file is absent. ListSlotFiles: the
+// slots of the files in `dir` that end in `suffix` (hidden files and temporaries skipped).
+Status DeleteSlotFile(shared::Filesystem& fs, const std::string& path, std::string_view slot);
+Result<std::vector<std::string>> ListSlotFiles(shared::Filesystem& fs, const std::string& dir, std::string_view suffix);
 
 // Signs SHA-256(data) with the key (DER ECDSA signature, or PKCS#1 v1.5 for RSA).
 Result<std::string> SignSha256(const KeyHandle& key, std::string_view data);

@@ -36,4 +36,24 @@ Result<std::string> SignSha256(const KeyHandle& key, std::string_view data) {
   return sig;
 }
 
+Status DeleteSlotFile(shared::Filesystem& fs, const std::string& path, std::string_view slot) {
+  Status st = fs.Remove(path);
+  if (st.code() == shared::Code::kNotFound) {
+    return Status(shared::Code::kNotFound, "no key in slot '" + std::string(slot) + "'");
+  }
+  return st;
+}
+
+Result<std::vector<std::string>> ListSlotFiles(shared::Filesystem& fs, const std::string& dir, std::string_view suffix) {
+  CF_ASSIGN_OR_RETURN(std::vector<std::string> names, fs.List(dir));
+  std::vector<std::string> slots;
+  for (const auto& n : names) {
+    if (n.size() > suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0 &&
+        n.front() != '.') {
+      slots.push_back(n.substr(0, n.size() - suffix.size()));
+    }
+  }
+  return slots;
+}
+
 }  // namespace certfleet::hal

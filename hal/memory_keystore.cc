@@ -8,7 +8,7 @@ using shared::EvpPkeyPtr;
 namespace {
 std::unique_ptr<KeyHandle> MakeHandle(const std::string& slot, EVP_PKEY* key) {
   EVP_PKEY_up_ref(key);
-  return std::make_unique<SoftwareKeyHandle>(slot, "memory:" + slot, EvpPkeyPtr(key));
+  return std::make_unique<OwnedKeyHandle>(slot, "memory:" + slot, EvpPkeyPtr(key));
 }
 }  // namespace
 

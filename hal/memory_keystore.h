@@ -22,19 +22,5 @@ class MemoryKeyStore final : public KeyStore {
   std::map<std::string, shared::EvpPkeyPtr, std::less<>> keys_;
 };
 
-// A handle owning a reference to a software EVP_PKEY.
-class SoftwareKeyHandle final : public KeyHandle {
- public:
-  SoftwareKeyHandle(std::string slot, std::string uri, shared::EvpPkeyPtr key)
-      : slot_(std::move(slot)), uri_(std::move(uri)), key_(std::move(key)) {}
-  const std::string& slot() const override { return slot_; }
-  EVP_PKEY* pkey() const override { return key_.get(); }
-  std::string uri() const override { return uri_; }
-
- private:
-  std::string slot_;
-  std::string uri_;
-  shared::EvpPkeyPtr key_;
-};
 
 }  // namespace certfleet::hal

@@ -286,19 +286,6 @@ Result<EvpPkeyPtr> TokenKey(const std::shared_ptr<Pkcs11Session>& s, CK_OBJECT_H
   return MakeForwardingKey(public_key.get(), std::make_shared<Pkcs11Signer>(s, priv));
 }
 
-class Pkcs11KeyHandle final : public KeyHandle {
- public:
-  Pkcs11KeyHandle(std::string slot, std::string uri, EvpPkeyPtr key)
-      : slot_(std::move(slot)), uri_(std::move(uri)), key_(std::move(key)) {}
-  const std::string& slot() const override { return slot_; }
-  EVP_PKEY* pkey() const override { return key_.get(); }
-  std::string uri() const override { return uri_; }
-
- private:
-  std::string slot_;
-  std::string uri_;
-  EvpPkeyPtr key_;
-};
 
 CK_BBOOL kTrue = CK_TRUE;
 CK_BBOOL kFalse = CK_FALSE;
@@ -449,7 +436,7 @@ Result<std::unique_ptr<KeyHandle>> Pkcs11KeyStore::Generate(std::string_view slo
     session_->fl()->C_DestroyObject(session_->handle, pub_obj);
     return shared::Error(key.error());
   }
-  return std::unique_ptr<KeyHandle>(std::make_unique<Pkcs11KeyHandle>(std::string(slot), UriOf(slot), std::move(*key)));
+  return std::unique_ptr<KeyHandle>(std::make_unique<OwnedKeyHandle>(std::string(slot), UriOf(slot), std::move(*key)));
 }
 
 Result<std::unique_ptr<KeyHandle>> Pkcs11KeyStore::Load(std::string_view slot) {
@@ -486,7 +473,7 @@ Result<std::unique_ptr<KeyHandle>> Pkcs11KeyStore::Load(std::string_view slot) {
     return shared::Error(Code::kDataLoss, "no public key object beside private key '" + std::string(slot) + "' in token '" + token_ + "'");
   }
   CF_ASSIGN_OR_RETURN(EvpPkeyPtr key, TokenKey(session_, priv, pub, key_type));
-  return std::unique_ptr<KeyHandle>(std::make_unique<Pkcs11KeyHandle>(std::string(slot), UriOf(slot), std::move(key)));
+  return std::unique_ptr<KeyHandle>(std::make_unique<OwnedKeyHandle>(std::string(slot), UriOf(slot), std::move(key)));
 }
 
 Status Pkcs11KeyStore::Delete(std::string_view slot) {

@@ -130,19 +130,6 @@ class TpmSigner final : public RemoteSigner {
   std::string what_;
 };
 
-class TpmKeyHandle final : public KeyHandle {
- public:
-  TpmKeyHandle(std::string slot, std::string uri, EvpPkeyPtr key)
-      : slot_(std::move(slot)), uri_(std::move(uri)), key_(std::move(key)) {}
-  const std::string& slot() const override { return slot_; }
-  EVP_PKEY* pkey() const override { return key_.get(); }
-  std::string uri() const override { return uri_; }
-
- private:
-  std::string slot_;
-  std::string uri_;
-  EvpPkeyPtr key_;
-};
 
 }  // namespace
 
@@ -176,7 +163,7 @@ Result<std::unique_ptr<KeyHandle>> TpmKeyStore::HandleFor(std::string_view slot,
   if (!pub) return shared::Error(shared::OpenSslStatus(Code::kDataLoss, "TPM public key"));
   CF_ASSIGN_OR_RETURN(EvpPkeyPtr key, MakeForwardingKey(pub.get(), std::make_shared<TpmSigner>(tpm_, std::move(blob), "key " + PathOf(slot))));
   return std::unique_ptr<KeyHandle>(
-      std::make_unique<TpmKeyHandle>(std::string(slot), "tpm:" + PathOf(slot), std::move(key)));
+      std::make_unique<OwnedKeyHandle>(std::string(slot), "tpm:" + PathOf(slot), std::move(key)));
 }
 
 Result<std::unique_ptr<KeyHandle>> TpmKeyStore::Generate(std::string_view slot, KeyType type) {
@@ -240,22 +227,10 @@ Result<std::unique_ptr<KeyHandle>> TpmKeyStore::Load(std::string_view slot) {
 
 Status TpmKeyStore::Delete(std::string_view slot) {
   CF_RETURN_IF_ERROR(ValidateSlotName(slot));
-  Status st = fs_.Remove(PathOf(slot));
-  if (st.code() == Code::kNotFound) return Status(Code::kNotFound, "no key in slot '" + std::string(slot) + "'");
-  return st;
+  return DeleteSlotFile(fs_, PathOf(slot), slot);
 }
 
-Result<std::vector<std::string>> TpmKeyStore::List() {
-  CF_ASSIGN_OR_RETURN(std::vector<std::string> names, fs_.List(dir_));
-  std::vector<std::string> slots;
-  for (const auto& n : names) {
-    if (n.size() > kSuffix.size() && n.compare(n.size() - kSuffix.size(), kSuffix.size(), kSuffix) == 0 &&
-        n.front() != '.') {
-      slots.push_back(n.substr(0, n.size() - kSuffix.size()));
-    }
-  }
-  return slots;
-}
+Result<std::vector<std::string>> TpmKeyStore::List() { return ListSlotFiles(fs_, dir_, kSuffix); }
 
 Result<std::unique_ptr<KeyHandle>> TpmKeyStore::Import(std::string_view slot, EVP_PKEY*) {
   CF_RETURN_IF_ERROR(ValidateSlotName(slot));
