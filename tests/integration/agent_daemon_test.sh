@@ -17,26 +17,10 @@ cat >hooks/record <<'SH'
 echo "$CERTFLEET_THING_NAME $CERTFLEET_CERTIFICATE_ID" >>"$1"
 SH
 chmod 755 hooks/record
-cat >agent.toml <<TOML
-log_level = "debug"
-[agent]
-state_dir = "$WORK/gw/state"
-control_socket = "$WORK/gw/run/control.sock"
-time_sync_file = ""
-[est]
-server = "https://$COMPANION_ADDR"
-trust_anchor_file = "$WORK/root.pem"
-user = "gw-001"
-password_file = "$WORK/token.txt"
-[identity]
-common_name = "gw-001"
-cert_file = "$WORK/gw/identity.pem"
+write_agent_toml debug "$THINGS_PORT" 10s >agent.toml
+cat >>agent.toml <<TOML
 [keystore]
 dir = "$WORK/gw/keys"
-[mqtt]
-host = "127.0.0.1"
-port = $THINGS_PORT
-timeout = "10s"
 [renewal]
 retry_base = "1s"
 retry_cap = "2s"

@@ -181,6 +181,32 @@ fleet_start() {
   "$CTL" --config "$CONFIG" ca cert >"$WORK/root.pem"
 }
 
+# write_agent_toml LOG_LEVEL MQTT_PORT MQTT_TIMEOUT: prints the agent.toml common to the
+# daemon tests: gateway gw-001 with its state in $WORK/gw, enrolling over EST at
+# $COMPANION_ADDR with the one-time token in $WORK/token.txt, MQTT on 127.0.0.1. The caller
+# appends [keystore] and whatever else it needs.
+write_agent_toml() {
+  cat <<TOML
+log_level = "$1"
+[agent]
+state_dir = "$WORK/gw/state"
+control_socket = "$WORK/gw/run/control.sock"
+time_sync_file = ""
+[est]
+server = "https://$COMPANION_ADDR"
+trust_anchor_file = "$WORK/root.pem"
+user = "gw-001"
+password_file = "$WORK/token.txt"
+[identity]
+common_name = "gw-001"
+cert_file = "$WORK/gw/identity.pem"
+[mqtt]
+host = "127.0.0.1"
+port = $2
+timeout = "$3"
+TOML
+}
+
 # pkcs7_to_pem IN_B64 OUT_PEM
 pkcs7_to_pem() {
   base64 -d "$1" | openssl pkcs7 -inform DER -print_certs -out "$2"

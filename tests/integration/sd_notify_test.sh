@@ -51,26 +51,10 @@ printf '%s\n' "$TOKEN" >token.txt
 
 # ---- agent ----
 mkdir -p a gw
-cat >agent.toml <<TOML
-log_level = "info"
-[agent]
-state_dir = "$WORK/gw/state"
-control_socket = "$WORK/gw/run/control.sock"
-time_sync_file = ""
-[est]
-server = "https://$COMPANION_ADDR"
-trust_anchor_file = "$WORK/root.pem"
-user = "gw-001"
-password_file = "$WORK/token.txt"
-[identity]
-common_name = "gw-001"
-cert_file = "$WORK/gw/identity.pem"
+write_agent_toml info "$(free_port)" 1s >agent.toml
+cat >>agent.toml <<TOML
 [keystore]
 dir = "$WORK/gw/keys"
-[mqtt]
-host = "127.0.0.1"
-port = $(free_port)
-timeout = "1s"
 TOML
 python3 "$HARNESS" "$WORK/a" 2 -- "$AGENT" run --config agent.toml >>"$WORK/agent.log" 2>&1 &
 PIDS+=($!)
