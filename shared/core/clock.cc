@@ -44,8 +44,10 @@ bool ParseRfc3339(std::string_view text, WallTime* out) {
   std::chrono::year_month_day ymd{std::chrono::year(year), std::chrono::month(static_cast<unsigned>(month)),
                                   std::chrono::day(static_cast<unsigned>(day))};
   if (!ymd.ok()) return false;
-  *out = WallTime(std::chrono::sys_days(ymd)) + std::chrono::hours(hour) + std::chrono::minutes(minute) +
-         std::chrono::seconds(second);
+  // In seconds first: a date past WallTime's range (year 2262) saturates instead of
+  // overflowing the nanosecond count.
+  const int64_t days = std::chrono::sys_days(ymd).time_since_epoch().count();
+  *out = FromUnixSeconds(days * 86400 + hour * 3600 + minute * 60 + second);
   return true;
 }
 

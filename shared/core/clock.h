@@ -70,7 +70,8 @@ inline WallTime FromUnixSeconds(int64_t s) {
 // RFC 3339 UTC, second precision: "2026-11-23T06:41:52Z".
 std::string FormatRfc3339(WallTime t);
 // Parses exactly the form FormatRfc3339 writes ("YYYY-MM-DDTHH:MM:SSZ", a real calendar
-// date, years 1970-9999). Returns false for anything else. Pure; thread-safe.
+// date, years 1970-9999; past 2262 it saturates at WallTime::max()). Returns false for
+// anything else. Pure; thread-safe.
 bool ParseRfc3339(std::string_view text, WallTime* out);
 
 }  // namespace certfleet::shared

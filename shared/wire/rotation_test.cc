@@ -60,6 +60,16 @@ TEST(Rfc3339, ParsesWhatFormatWrites) {
   EXPECT_EQ(back, t);
 }
 
+TEST(Rfc3339, DatesPastTheClockRangeSaturate) {
+  WallTime t;
+  ASSERT_TRUE(ParseRfc3339("2999-01-01T00:00:00Z", &t));
+  EXPECT_EQ(t, WallTime::max());
+  ASSERT_TRUE(ParseRfc3339("9999-12-31T23:59:59Z", &t));
+  EXPECT_EQ(t, WallTime::max());
+  ASSERT_TRUE(ParseRfc3339("2262-01-01T00:00:00Z", &t));
+  EXPECT_LT(t, WallTime::max());
+}
+
 TEST(Rfc3339, RejectsEverythingElse) {
   WallTime t;
   for (std::string_view bad : {"", "2026-11-23", "2026-11-23T06:41:52", "2026-11-23T06:41:52+00:00",
