@@ -1,8 +1,11 @@
 #include "companion/broker_config.h"
 
+#include <set>
+
 #include <openssl/pem.h>
 
 #include "companion/broker_plugin/claim_policy.h"
+#include "companion/broker_plugin/quarantine_list.h"
 #include "shared/core/config.h"
 #include "shared/x509/cert.h"
 #include "shared/x509/openssl_error.h"
@@ -138,8 +141,22 @@ Status WriteBrokerConfig(const BrokerConfigOptions& o, CompanionState& state, sh
                      "per_listener_settings true\n"
                      "# Small request/reply messages: do not wait for delayed ACKs.\n"
                      "set_tcp_nodelay true\n\n";
+  // Quarantine: with broker.quarantine_file set, the plugin on the things listener denies
+  // every access of the things the companion lists there (it keeps the file current).
+  std::string things_plugin;
+  const std::string& quarantine_file = state.config.broker.quarantine_file;
+  if (!quarantine_file.empty()) {
+    CF_RETURN_IF_ERROR(sh::CheckAbsolutePath(o.claim_plugin_path).WithContext("--claim-plugin"));
+    CF_ASSIGN_OR_RETURN(std::vector<std::string> names, state.registry->ListQuarantinedThings());
+    CF_RETURN_IF_ERROR(fs.MakeDirs(sh::DirName(quarantine_file), 0755));
+    CF_RETURN_IF_ERROR(fs.WriteFileAtomic(
+        quarantine_file, broker_plugin::QuarantineListToJson(std::set<std::string>(names.begin(), names.end())), 0644));
+    things_plugin = "# Quarantined things (broker.quarantine_file in companion.toml): denied everything.\n"
+                    "plugin " + o.claim_plugin_path + "\n"
+                    "plugin_opt_quarantine_file " + quarantine_file + "\n";
+  }
   conf += ListenerBlock("Things: production identities issued by the companion's CA.", o.listen_address,
-                        o.things_port, o.out_dir, "things-ca.pem", true, "things.acl");
+                        o.things_port, o.out_dir, "things-ca.pem", true, "things.acl", things_plugin);
   // Claim rules: the plugin denies what the rules do not allow and defers the rest to
   // claim.acl, so a request passes only if both allow it.
   std::string claim_plugin;

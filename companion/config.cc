@@ -1,5 +1,7 @@
 #include "companion/config.h"
 
+#include <algorithm>
+
 #include "hal/pkcs11_uri.h"
 #include "shared/core/config.h"
 #include "shared/x509/key.h"
@@ -21,6 +23,15 @@ Status CheckLabel(const std::string& s) {
   }
   if (s == "cacerts" || s == "simpleenroll" || s == "simplereenroll" || s == "csrattrs" || s == "serverkeygen") {
     return Status(Code::kInvalidArgument, "EST label '" + s + "' clashes with an operation name");
+  }
+  return Status::Ok();
+}
+
+// An operator certificate's common name: printable ASCII, 1-64 characters.
+Status CheckSubject(const std::string& s) {
+  if (s.empty() || s.size() > 64 ||
+      !std::all_of(s.begin(), s.end(), [](unsigned char c) { return c >= 0x20 && c < 0x7f; })) {
+    return Status(Code::kInvalidArgument, "operator subject must be 1-64 printable ASCII characters");
   }
   return Status::Ok();
 }
@@ -119,6 +130,58 @@ Status SetClaims(const sh::ConfigValue& v, C& c) {
   return Status::Ok();
 }
 
+// An [audit.checks.*] value as audit_config.cc reads it.
+class CheckKeyValue final : public AuditCheckKeyValue {
+ public:
+  explicit CheckKeyValue(const sh::ConfigValue& v) : v_(v) {}
+  sh::Result<bool> AsBool() const override { return v_.AsBool(); }
+  sh::Result<int64_t> AsInt() const override { return v_.AsInt(); }
+  sh::Result<std::string> AsString() const override { return v_.AsString(); }
+  sh::Result<std::vector<std::string>> AsStringList() const override { return v_.AsStringList(); }
+
+ private:
+  const sh::ConfigValue& v_;
+};
+
+// An MQTT topic to publish on: no wildcards, no leading $.
+Status CheckPublishTopic(const std::string& s) {
+  if (s.empty() || s.size() > 256 || s.find_first_of("+#") != std::string::npos || s.front() == '$') {
+    return Status(Code::kInvalidArgument, "a notification topic is 1-256 characters without + # or a leading $");
+  }
+  return Status::Ok();
+}
+
+void AddAuditKeys(ConfigSchema<C>& s) {
+  using namespace std::chrono;
+  s.Add("audit.schedule", [](const sh::ConfigValue& v, C& c) -> Status {
+    CF_ASSIGN_OR_RETURN(std::string text, v.AsString());
+    CF_ASSIGN_OR_RETURN(AuditSchedule parsed, ParseAuditSchedule(text));
+    c.audit.schedule.kind = parsed.kind;
+    c.audit.schedule.interval = parsed.interval;
+    return Status::Ok();
+  });
+  s.Add("audit.time_of_day", [](const sh::ConfigValue& v, C& c) -> Status {
+    CF_ASSIGN_OR_RETURN(std::string text, v.AsString());
+    CF_ASSIGN_OR_RETURN(c.audit.schedule.time_of_day, ParseTimeOfDay(text));
+    return Status::Ok();
+  });
+  s.Add("audit.weekday", [](const sh::ConfigValue& v, C& c) -> Status {
+    CF_ASSIGN_OR_RETURN(std::string text, v.AsString());
+    CF_ASSIGN_OR_RETURN(c.audit.schedule.weekday, ParseWeekday(text));
+    return Status::Ok();
+  });
+  s.Add("audit.day_of_month", sh::IntValue<C>([](C& c) -> auto& { return c.audit.schedule.day_of_month; }, 1, 31));
+  s.Add("audit.report_dir", sh::StringValue<C>([](C& c) -> auto& { return c.audit.report_dir; }, sh::CheckAbsolutePath));
+  s.Add("audit.retention", sh::DurationValue<C>([](C& c) -> auto& { return c.audit.retention; }, hours(1), hours(24 * 3653)));
+  s.Add("audit.rotation_deadline",
+        sh::DurationValue<C>([](C& c) -> auto& { return c.audit.rotation_deadline; }, minutes(1), hours(24 * 365)));
+  s.Add("audit.notify_topic", sh::StringValue<C>([](C& c) -> auto& { return c.audit.notify_topic; }, CheckPublishTopic));
+  s.Add("audit.policy_files", sh::StringListValue<C>([](C& c) -> auto& { return c.audit.policy_files; }, sh::CheckAbsolutePath));
+  s.AddPrefix("audit.checks.", [](const std::string& rest, const sh::ConfigValue& v, C& c) -> Status {
+    return ApplyAuditCheckKey(rest, CheckKeyValue(v), c.audit);
+  });
+}
+
 const ConfigSchema<C>& Schema() {
   static const ConfigSchema<C> schema = [] {
     using namespace std::chrono;
@@ -138,6 +201,18 @@ const ConfigSchema<C>& Schema() {
                                                        seconds(0), hours(24 * 365)));
     s.Add("est.expired_reenroll_grace",
           sh::DurationValue<C>([](C& c) -> auto& { return c.est.expired_reenroll_grace; }, seconds(0), hours(24 * 365)));
+    s.Add("api.enabled", sh::BoolValue<C>([](C& c) -> auto& { return c.api.enabled; }));
+    s.Add("api.listen", sh::StringValue<C>([](C& c) -> auto& { return c.api.listen; }, sh::CheckHostPort));
+    s.Add("api.tls_cert_file", sh::StringValue<C>([](C& c) -> auto& { return c.api.tls_cert_file; }, sh::CheckAbsolutePath));
+    s.Add("api.tls_key_slot", sh::StringValue<C>([](C& c) -> auto& { return c.api.tls_key_slot; }, hal::ValidateSlotName));
+    s.Add("api.client_ca_file",
+          sh::StringValue<C>([](C& c) -> auto& { return c.api.client_ca_file; }, sh::CheckAbsolutePath));
+    s.Add("api.admin_subjects", sh::StringListValue<C>([](C& c) -> auto& { return c.api.admin_subjects; }, CheckSubject));
+    s.Add("api.read_only_subjects",
+          sh::StringListValue<C>([](C& c) -> auto& { return c.api.read_only_subjects; }, CheckSubject));
+    s.Add("api.metrics_require_auth", sh::BoolValue<C>([](C& c) -> auto& { return c.api.metrics_require_auth; }));
+    s.Add("api.max_body_bytes", sh::IntValue<C>([](C& c) -> auto& { return c.api.max_body_bytes; }, 1024, 1 << 20));
+    s.Add("api.threads", sh::IntValue<C>([](C& c) -> auto& { return c.api.threads; }, 1, 64));
     s.Add("est.reenroll_require_new_key", sh::BoolValue<C>([](C& c) -> auto& { return c.est.reenroll_require_new_key; }));
     s.Add("ca.root_cert_file", sh::StringValue<C>([](C& c) -> auto& { return c.ca.root_cert_file; }, sh::CheckAbsolutePath));
     s.Add("ca.issuing_cert_file", sh::StringValue<C>([](C& c) -> auto& { return c.ca.issuing_cert_file; }, sh::CheckAbsolutePath));
@@ -170,10 +245,12 @@ const ConfigSchema<C>& Schema() {
     s.Add("rotation.default_deadline", sh::DurationValue<C>([](C& c) -> auto& { return c.rotation.default_deadline; }, minutes(1), hours(24 * 365)));
     s.Add("rotation.sweep_interval", sh::DurationValue<C>([](C& c) -> auto& { return c.rotation.sweep_interval; }, seconds(1), hours(24)));
     s.Add("broker.crl_file", sh::StringValue<C>([](C& c) -> auto& { return c.broker.crl_file; }, sh::CheckAbsolutePath));
+    s.Add("broker.quarantine_file", sh::StringValue<C>([](C& c) -> auto& { return c.broker.quarantine_file; }, sh::CheckAbsolutePath));
     s.Add("broker.reload_command", sh::StringListValue<C>([](C& c) -> auto& { return c.broker.reload_command; }));
     s.Add("broker.pid_file", sh::StringValue<C>([](C& c) -> auto& { return c.broker.pid_file; }, sh::CheckAbsolutePath));
     s.Add("broker.reload_timeout", sh::DurationValue<C>([](C& c) -> auto& { return c.broker.reload_timeout; }, seconds(1), minutes(10)));
     s.Add("broker.crl_validity", sh::DurationValue<C>([](C& c) -> auto& { return c.broker.crl_validity; }, hours(1), hours(24 * 365)));
+    AddAuditKeys(s);
     s.Add("keystore.backend", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.backend; }));
     s.Add("keystore.dir", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.dir; }, sh::CheckAbsolutePath));
     s.Add("keystore.uri", sh::StringValue<C>([](C& c) -> auto& { return c.keystore.uri; }, [](const std::string& v) {
@@ -200,9 +277,17 @@ sh::Result<CompanionConfig> ParseCompanionConfig(std::string_view text, const st
   derive(c.ca.root_cert_file, "ca/root.pem");
   derive(c.ca.issuing_cert_file, "ca/issuing.pem");
   derive(c.keystore.dir, "keys");
+  if (c.api.tls_cert_file.empty()) c.api.tls_cert_file = c.est.tls_cert_file;
+  if (c.api.tls_key_slot.empty()) c.api.tls_key_slot = c.est.tls_key_slot;
+  for (const auto& a : c.api.admin_subjects) {
+    for (const auto& r : c.api.read_only_subjects) {
+      if (a == r) return sh::Error(Code::kInvalidArgument, source + ": api subject '" + a + "' has two roles");
+    }
+  }
   derive(c.registry_path, "registry.sqlite3");
   derive(c.mqtt.client_cert_file, "tls/mqtt-client.pem");
   derive(c.provisioning.template_dir, "templates");
+  derive(c.audit.report_dir, "audit-reports");
   for (const HookTable& t : kHookTables) {
     const auto& hook = c.hooks.*t.member;
     if (!hook) continue;

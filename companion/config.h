@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "companion/audit_config.h"
 #include "companion/hooks.h"
 #include "hal/keystore.h"
 #include "shared/core/filesystem.h"
@@ -76,6 +77,7 @@ struct HooksConfig {
   std::optional<HookConfig> post_enroll;
   std::optional<HookConfig> pre_reenroll;
   std::optional<HookConfig> post_reenroll;
+  std::optional<HookConfig> post_audit;  // NOTIFY mitigations of audit findings
 };
 
 // The [hooks.*] table names and the members they fill, in documentation order.
@@ -91,6 +93,7 @@ inline constexpr HookTable kHookTables[] = {
     {"post_enroll", kHookEventPostEnroll, &HooksConfig::post_enroll},
     {"pre_reenroll", kHookEventPreReenroll, &HooksConfig::pre_reenroll},
     {"post_reenroll", kHookEventPostReenroll, &HooksConfig::post_reenroll},
+    {"post_audit", kHookEventPostAudit, &HooksConfig::post_audit},
 };
 
 // One [[claims]] table: which claim certificates may call which provisioning templates.
@@ -113,10 +116,25 @@ struct RotationConfig {
 // What the companion maintains for the MQTT broker at run time.
 struct BrokerConfig {
   std::string crl_file;                       // empty: no CRL publishing
+  std::string quarantine_file;                // the broker plugin's quarantine list; empty: none
   std::vector<std::string> reload_command;    // exec: absolute path, then arguments; empty = none
   std::string pid_file;                       // SIGHUP to this pid after a new CRL; empty = none
   std::chrono::seconds reload_timeout{10};
   std::chrono::seconds crl_validity = std::chrono::hours(24 * 30);
+};
+
+// The operator API (docs/api.md): off unless enabled; loopback by default.
+struct ApiConfig {
+  bool enabled = false;
+  std::string listen = "127.0.0.1:8444";
+  std::string tls_cert_file;              // default: est.tls_cert_file
+  std::string tls_key_slot;               // default: est.tls_key_slot
+  std::string client_ca_file;             // operator CA for client certificates; empty: bearer tokens only
+  std::vector<std::string> admin_subjects;      // client certificate CNs with the admin role
+  std::vector<std::string> read_only_subjects;  // client certificate CNs with the read-only role
+  bool metrics_require_auth = true;       // GET /metrics needs a credential (any role)
+  int64_t max_body_bytes = 65536;
+  int threads = 4;
 };
 
 struct CompanionConfig {
@@ -131,6 +149,8 @@ struct CompanionConfig {
   std::vector<ClaimConfig> claims;  // empty: the broker's claim listener has no claim policy
   RotationConfig rotation;
   BrokerConfig broker;
+  AuditConfig audit;
+  ApiConfig api;
   hal::KeyStoreConfig keystore;
   std::string registry_path;
   std::string log_level = "info";

@@ -1,10 +1,6 @@
 #include "companion/est_server.h"
 
-#include <httplib.h>
-#include <sys/socket.h>
-
-#include <cerrno>
-#include <cstring>
+#include "companion/https_listener.h"
 
 #include "shared/x509/cert.h"
 #include "shared/x509/openssl_error.h"
@@ -16,21 +12,6 @@ namespace sh = shared;
 
 namespace {
 
-// httplib's listener with two things the packaged library does not let us configure:
-// a listen backlog that does not drop connection bursts (it is compiled in as 5), and
-// no SO_REUSEPORT (which would let a second server share, and silently split, the port).
-class Listener final : public httplib::SSLServer {
- public:
-  using httplib::SSLServer::SSLServer;
-  // After bind: a second listen() on a listening socket resizes its backlog.
-  bool WidenBacklog() { return ::listen(svr_sock_, SOMAXCONN) == 0; }
-};
-
-void OnlyReuseAddr(int sock) {
-  int yes = 1;
-  setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-}
-
 // Accept any client certificate at the TLS layer; EstService verifies it against the
 // trust store that fits the operation. A client without a certificate is accepted too.
 int AcceptAnyClientCert(int, X509_STORE_CTX*) { return 1; }
@@ -40,23 +21,12 @@ int AcceptAnyClientCert(int, X509_STORE_CTX*) { return 1; }
 EstServer::EstServer(EstService& service, const EstConfig& config, const std::string& tls_chain_pem, EVP_PKEY* tls_key,
                      sh::Logger& log)
     : service_(service), config_(config), log_(log) {
-  server_ = std::make_unique<Listener>([&](SSL_CTX& ctx) -> bool {
-    auto chain = sh::CertsFromPem(tls_chain_pem);
-    if (!chain) {
-      init_error_ = chain.error().message();
+  server_ = std::make_unique<HttpsListener>([&](SSL_CTX& ctx) -> bool {
+    sh::Status st = UseServerIdentity(ctx, tls_chain_pem, tls_key, "EST TLS certificate/key");
+    if (!st.ok()) {
+      init_error_ = st.message();
       return false;
     }
-    if (SSL_CTX_set_min_proto_version(&ctx, TLS1_2_VERSION) != 1 ||
-        SSL_CTX_use_certificate(&ctx, chain->front().get()) != 1 || SSL_CTX_use_PrivateKey(&ctx, tls_key) != 1 ||
-        SSL_CTX_check_private_key(&ctx) != 1) {
-      init_error_ = sh::OpenSslStatus(Code::kInvalidArgument, "EST TLS certificate/key").message();
-      return false;
-    }
-    for (size_t i = 1; i < chain->size(); ++i) {
-      X509_up_ref((*chain)[i].get());
-      SSL_CTX_add_extra_chain_cert(&ctx, (*chain)[i].get());
-    }
-    SSL_CTX_set_options(&ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_verify(&ctx, SSL_VERIFY_PEER, AcceptAnyClientCert);
     // EST clients open a connection per operation and do not resume sessions; minting
     // TLS 1.3 tickets would cost a third of the handshake for nothing.
@@ -123,23 +93,7 @@ EstServer::~EstServer() = default;
 
 sh::Result<std::string> EstServer::Bind() {
   if (!server_->is_valid()) return sh::Error(Code::kInvalidArgument, "EST TLS setup failed: " + init_error_);
-  const std::string& listen = config_.listen;
-  auto colon = listen.rfind(':');
-  std::string host = listen.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  int port = std::stoi(listen.substr(colon + 1));
-  int bound = port;
-  if (port == 0) {
-    bound = server_->bind_to_any_port(host);
-    if (bound < 0) return sh::Error(Code::kUnavailable, "cannot bind EST listener to " + listen);
-  } else if (!server_->bind_to_port(host, port)) {
-    return sh::Error(Code::kUnavailable, "cannot bind EST listener to " + listen + ": " + std::strerror(errno));
-  }
-  if (!static_cast<Listener*>(server_.get())->WidenBacklog()) {
-    return sh::Error(Code::kUnavailable, "cannot listen on " + listen + ": " + std::strerror(errno));
-  }
-  std::string addr = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(bound);
-  return addr;
+  return BindListener(static_cast<HttpsListener&>(*server_), config_.listen, "EST");
 }
 
 Status EstServer::Serve() {

@@ -192,7 +192,7 @@ EstResponse EstService::Handle(const EstRequest& req) {
       r.headers.emplace_back("Allow", "POST");
       return r;
     }
-    return Cvm(req);
+    return Observed("cvm", Cvm(req));
   }
   if (path.substr(0, kPrefix.size()) != kPrefix) return Text(404, "not found: " + req.path);
   path.remove_prefix(kPrefix.size());
@@ -224,11 +224,11 @@ EstResponse EstService::Handle(const EstRequest& req) {
   }
   if (op == "simpleenroll") {
     if (auto r = need("POST")) return *r;
-    return Enroll(req);
+    return Observed("simpleenroll", Enroll(req));
   }
   if (op == "simplereenroll") {
     if (auto r = need("POST")) return *r;
-    return Reenroll(req);
+    return Observed("simplereenroll", Reenroll(req));
   }
   if (op == "serverkeygen" || op == "fullcmc") return Text(501, std::string(op) + " is not supported");
   return Text(404, "not found: " + req.path);
@@ -402,6 +402,13 @@ EstResponse EstService::Reenroll(const EstRequest& req) {
   if (current.status != CertStatus::kActive) {
     return Reject(req, 403, "inactive_certificate", who, "client certificate is " + std::string(CertStatusName(current.status)));
   }
+  // A quarantined thing (docs/audit.md) gets no new identity, the expired-certificate
+  // grace included, until an operator lifts the quarantine.
+  auto thing = state_.registry->FindThing(current.thing_name);
+  if (!thing) return Text(503, "registry unavailable");
+  if (*thing && (*thing)->quarantined_at) {
+    return Reject(req, 403, "quarantined_thing", who, "thing '" + current.thing_name + "' is quarantined");
+  }
   if (current.superseded_at && *current.superseded_at + state_.config.est.superseded_grace <= now) {
     return Reject(req, 403, "superseded_certificate", who, "client certificate was replaced and its grace period is over");
   }
@@ -455,18 +462,21 @@ EstResponse EstService::Reenroll(const EstRequest& req) {
   rec.cert.thing_name = current.thing_name;
   rec.cert.source = same_key ? "est-renew" : "est-rekey";
   rec.replaces_cert_id = current.id;
+  if (expired_at) {
+    // Recorded with the issuance, in its transaction: the event exists exactly when the
+    // certificate does. IssueAndRecordCert appends the new certificate's id.
+    rec.event = SecurityEvent{0, now, "expired_reenroll", who,
+                              "thing " + current.thing_name + " re-enrolled with a certificate expired at " +
+                                  sh::FormatRfc3339(*expired_at) + " (serial " + current.serial + ", from " +
+                                  req.remote + ")"};
+  }
   EstResponse refused;
   sh::X509Ptr cert = IssueAndRecordCert(req, who, tmpl, std::move(rec), now, refused);
   if (!cert) return refused;
   if (expired_at) {
-    const std::string detail = "thing " + current.thing_name + " re-enrolled with a certificate expired at " +
-                               sh::FormatRfc3339(*expired_at) + " (serial " + current.serial + ", new certificate " +
-                               sh::CertFingerprint(cert.get()) + ", from " + req.remote + ")";
     log_.Warn("expired certificate re-enrolled within grace",
               {{"thing", current.thing_name}, {"serial", current.serial}, {"fingerprint", who},
                {"not_after", sh::FormatRfc3339(*expired_at)}, {"remote", req.remote}});
-    Status ev_st = state_.registry->RecordSecurityEvent(SecurityEvent{0, now, "expired_reenroll", who, detail});
-    if (!ev_st.ok()) log_.Error("recording security event failed", {{"error", ev_st.ToString()}});
   }
   QueuePostHook(hooks_.specs.post_reenroll, kHookEventPostReenroll, kEnrollMethodReenroll, cert.get(),
                 current.thing_name, current.id);
@@ -497,6 +507,7 @@ sh::X509Ptr EstService::IssueAndRecordCert(const EstRequest& req, const std::str
   c.issued_at = now;
   c.status = CertStatus::kActive;
   c.pem = sh::CertToPem(cert->get());
+  if (rec.event) rec.event->detail += ": new certificate " + info.id;
   Status st = state_.registry->RecordIssued(rec, now);
   if (!st.ok()) {
     if (st.code() == Code::kFailedPrecondition) {

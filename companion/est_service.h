@@ -5,6 +5,7 @@
 // Thread-safe: Handle() may run on many threads at once.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -59,10 +60,20 @@ class EstService {
   ~EstService();
 
   EstResponse Handle(const EstRequest& request);
+  // Called once per enrollment answer (simpleenroll, simplereenroll, cvm) with the
+  // operation and the HTTP status (metrics). Set before serving; must be thread-safe.
+  void SetObserver(std::function<void(std::string_view operation, int http_status)> observer) {
+    observer_ = std::move(observer);
+  }
   // Blocks until the post-hooks queued so far have run (tests, shutdown).
   void DrainPostHooks();
 
  private:
+  std::function<void(std::string_view, int)> observer_;
+  EstResponse Observed(std::string_view operation, EstResponse r) {
+    if (observer_) observer_(operation, r.status);
+    return r;
+  }
   EstResponse CaCerts();
   EstResponse Enroll(const EstRequest& request);
   EstResponse Reenroll(const EstRequest& request);

@@ -1072,6 +1072,23 @@ TEST_F(EstServiceTest, ExpiredCertificateReenrollsWithinTheGrace) {
   EXPECT_EQ(Handle(Reenroll(ReenrollBody(new_key.get(), old_cert.get()), old_cert.get())).status, 403);
 }
 
+TEST_F(EstServiceTest, QuarantinedThingCannotReenrollEvenWithinTheExpiredGrace) {
+  state_->config.est.expired_reenroll_grace = hours(24 * 30);
+  auto key = NewKey();
+  auto cert = EnrollWithToken("gw-1", key.get());
+  ASSERT_TRUE(cert);
+  ASSERT_TRUE(state_->registry->SetQuarantine("gw-1", std::string("audit finding"), "test", clock_.Now()).ok());
+  auto new_key = NewKey();
+  EXPECT_EQ(Handle(Reenroll(ReenrollBody(new_key.get(), cert.get()), cert.get())).status, 403);
+  EXPECT_TRUE(HasEvent("quarantined_thing"));
+  clock_.SetWall(sh::DescribeCert(cert.get()).not_after + hours(24));  // expired, within the grace
+  EXPECT_EQ(Handle(Reenroll(ReenrollBody(new_key.get(), cert.get()), cert.get())).status, 403);
+  EXPECT_EQ(CountCerts(), 1u);
+  // Lifted: the expired certificate re-enrolls within its grace again.
+  ASSERT_TRUE(state_->registry->SetQuarantine("gw-1", std::nullopt, "test", clock_.Now()).ok());
+  EXPECT_TRUE(Issued(Handle(Reenroll(ReenrollBody(new_key.get(), cert.get()), cert.get()))));
+}
+
 TEST_F(EstServiceTest, ExpiredCertificateBeyondTheGraceIs403) {
   state_->config.est.expired_reenroll_grace = hours(24 * 30);
   auto key = NewKey();

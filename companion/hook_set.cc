@@ -22,6 +22,7 @@ sh::Result<HookSet> BuildHookSet(const HooksConfig& config) {
   CF_RETURN_IF_ERROR(build(config.post_enroll, "post_enroll", set.post_enroll));
   CF_RETURN_IF_ERROR(build(config.pre_reenroll, "pre_reenroll", set.pre_reenroll));
   CF_RETURN_IF_ERROR(build(config.post_reenroll, "post_reenroll", set.post_reenroll));
+  CF_RETURN_IF_ERROR(build(config.post_audit, "post_audit", set.post_audit));
   return set;
 }
 

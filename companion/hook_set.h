@@ -28,6 +28,7 @@ struct HookSet {
   std::optional<HookSpec> post_enroll;
   std::optional<HookSpec> pre_reenroll;
   std::optional<HookSpec> post_reenroll;
+  std::optional<HookSpec> post_audit;
 };
 
 // Builds every configured hook with ParseHookSpec (executables and secret files checked on

@@ -536,6 +536,7 @@ Result<Json> HookRunner::Run(const HookSpec& spec, std::string_view event, const
   }
   run.duration = std::chrono::duration_cast<std::chrono::microseconds>(SteadyClock::now() - start);
   run.outcome = result ? Code::kOk : result.error().code();
+  if (observer_) observer_(event, run.duration, result.has_value());
   std::string duration_ms = std::to_string(run.duration.count() / 1000);
   std::string target = TargetForLog(spec);
   std::string detail = spec.kind == HookSpec::kExec

@@ -19,6 +19,7 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -42,6 +43,7 @@ inline constexpr std::string_view kHookEventPreEnroll = "pre-enroll";
 inline constexpr std::string_view kHookEventPostEnroll = "post-enroll";
 inline constexpr std::string_view kHookEventPreReenroll = "pre-reenroll";
 inline constexpr std::string_view kHookEventPostReenroll = "post-reenroll";
+inline constexpr std::string_view kHookEventPostAudit = "post-audit";
 
 inline constexpr std::chrono::milliseconds kDefaultHookTimeout{5000};
 inline constexpr size_t kDefaultHookMaxOutputBytes = 64 * 1024;
@@ -142,10 +144,17 @@ class HookRunner {
   shared::Result<nlohmann::json> Run(const HookSpec& spec, std::string_view event, const nlohmann::json& input,
                                      HookRunInfo* info = nullptr);
 
+  // Called after every run with the event, its duration and whether it succeeded
+  // (metrics). Set before the first Run; must be thread-safe.
+  void SetObserver(std::function<void(std::string_view event, std::chrono::microseconds duration, bool ok)> observer) {
+    observer_ = std::move(observer);
+  }
+
   // Runs a post-hook: the outcome is logged (ReportPostHook), never returned.
   void RunPostHook(const HookSpec& spec, std::string_view event, const nlohmann::json& input);
 
  private:
+  std::function<void(std::string_view, std::chrono::microseconds, bool)> observer_;
   shared::Result<nlohmann::json> RunExec(const HookSpec& spec, std::string_view event, const std::string& body,
                                          HookRunInfo& info);
   shared::Result<nlohmann::json> RunWebhook(const HookSpec& spec, std::string_view event, const std::string& body,

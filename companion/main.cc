@@ -9,9 +9,12 @@
 
 #include <curl/curl.h>
 
+#include "companion/api_server.h"
 #include "companion/est_server.h"
+#include "companion/metrics.h"
 #include "companion/hook_set.h"
 #include "companion/provisioning_service.h"
+#include "companion/audit.h"
 #include "companion/rotation_coordinator.h"
 #include "shared/mqtt/client.h"
 #include "shared/x509/cert.h"
@@ -51,10 +54,15 @@ sh::Result<std::unique_ptr<cf::companion::ProvisioningService>> MakeProvisioning
   return std::make_unique<cf::companion::ProvisioningService>(state, std::move(o), hooks, sh::SystemClock::Instance(), log);
 }
 
-int RunServe(const std::string& config_path, const std::string& listen_override, const std::string& ready_file) {
+int RunServe(const std::string& config_path, const std::string& listen_override, const std::string& ready_file,
+             const std::string& api_listen_override, const std::string& api_ready_file) {
   auto& fs = sh::PosixFilesystem::Instance();
   auto cfg = cf::companion::LoadCompanionConfig(config_path, fs);
   if (!cfg) return Fail(cfg.error());
+  if (!api_listen_override.empty()) {
+    sh::Status st = sh::CheckHostPort(api_listen_override);
+    if (!st.ok()) return Fail(st.WithContext("--api-listen"));
+  }
   if (!listen_override.empty()) {
     sh::Status st = sh::CheckHostPort(listen_override);
     if (!st.ok()) return Fail(st.WithContext("--est-listen"));
@@ -88,7 +96,11 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
   signal(SIGPIPE, SIG_IGN);
 
   // Fleet provisioning over MQTT, when configured.
+  cf::companion::Metrics metrics;
   cf::companion::HookRunner hooks(log, sh::SystemClock::Instance());
+  hooks.SetObserver([&metrics](std::string_view event, std::chrono::microseconds d, bool ok) {
+    metrics.HookRun(event, d, ok);
+  });
   std::unique_ptr<cf::companion::ProvisioningService> provisioning;
   std::unique_ptr<cf::hal::KeyHandle> mqtt_key;
   std::unique_ptr<sh::MqttClient> mqtt;
@@ -98,6 +110,7 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
     auto prov = MakeProvisioning(*state, hooks, *hook_set, log);
     if (!prov) return Fail(prov.error());
     provisioning = std::move(*prov);
+    provisioning->SetObserver([&metrics](std::string_view op, bool accepted) { metrics.Provisioning(op, accepted); });
     auto key = state->keys->Load(cfg->mqtt.client_key_slot);
     if (!key) return Fail(key.error().WithContext("companion MQTT key (run certfleetctl broker-config)"));
     mqtt_key = std::move(*key);
@@ -129,8 +142,39 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
                                             {"dialect", cfg->provisioning.dialect}});
   }
 
+  // Scheduled audits ([audit] schedule) and on-demand ones from the API (POST /start-audit)
+  // run on the engine's thread; certfleetctl's local mode runs its own in its process.
+  auto audit_store = cf::companion::OpenSqliteAuditStore(cfg->registry_path);
+  if (!audit_store) return Fail(audit_store.error());
+  cf::companion::PostHookQueue audit_hooks(hooks, log);
+  cf::companion::AuditNotifier audit_notifier;
+  if (mqtt) {
+    audit_notifier.publish = [&mqtt](const std::string& topic, const std::string& payload) {
+      return mqtt->Publish(topic, payload, 1, false, std::chrono::seconds(10));
+    };
+  }
+  if (hook_set->post_audit) {
+    audit_notifier.hook = [&audit_hooks, &hook_set](const nlohmann::json& input) {
+      audit_hooks.Post(*hook_set->post_audit, cf::companion::kHookEventPostAudit, input);
+    };
+  }
+  cf::companion::AuditEngineOptions audit_options = cf::companion::AuditOptionsFromConfig(*cfg);
+  if (rotation) {
+    // A quarantine by an audit reaches the broker at once, not at the next sweep.
+    audit_options.quarantine_changed = [&rotation] {
+      rotation->Wake();
+      return sh::Status::Ok();
+    };
+  }
+  cf::companion::AuditEngine audit(std::move(audit_options), *state->registry, **audit_store, fs,
+                                   sh::SystemClock::Instance(), log, audit_notifier);
+  audit.SetObserver([&metrics](const cf::companion::AuditTask& t) { metrics.AuditRun(t); });
+  if (sh::Status st = audit.FailInterruptedTasks(); !st.ok()) return Fail(st);
+  audit.Start();
+
   cf::companion::EstService service(*state, sh::SystemClock::Instance(), log,
                                     cf::companion::EstHooks{&hooks, *hook_set});
+  service.SetObserver([&metrics](std::string_view op, int status) { metrics.EstRequest(op, status); });
   cf::companion::EstServer server(service, state->config.est, *tls_chain, (*tls_key)->pkey(), log);
   auto bound = server.Bind();
   if (!bound) return Fail(bound.error());
@@ -139,6 +183,48 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
     if (!st.ok()) return Fail(st);
   }
   log.Info("EST server listening", {{"address", *bound}, {"config", config_path}});
+
+  // The operator API, on its own listener, when enabled.
+  std::unique_ptr<cf::hal::KeyHandle> api_key;
+  std::unique_ptr<cf::companion::ApiService> api;
+  std::unique_ptr<cf::companion::ApiServer> api_server;
+  std::thread api_thread;
+  if (cfg->api.enabled) {
+    auto api_chain = fs.ReadFile(cfg->api.tls_cert_file, 1 << 20);
+    if (!api_chain) return Fail(api_chain.error().WithContext("API TLS certificate"));
+    auto key = state->keys->Load(cfg->api.tls_key_slot);
+    if (!key) return Fail(key.error().WithContext("API TLS key"));
+    api_key = std::move(*key);
+    std::string client_ca;
+    if (!cfg->api.client_ca_file.empty()) {
+      auto ca = fs.ReadFile(cfg->api.client_ca_file, 1 << 20);
+      if (!ca) return Fail(ca.error().WithContext("api.client_ca_file"));
+      client_ca = *ca;
+    }
+    cf::companion::ApiServiceOptions ao;
+    ao.metrics = &metrics;
+    ao.audit = &audit;
+    if (rotation) ao.quarantine_changed = [&rotation] { rotation->Wake(); };
+    if (fs.Exists(cfg->provisioning.template_dir)) {
+      auto templates = cf::companion::LoadTemplateDir(cfg->provisioning.template_dir, fs);
+      if (!templates) return Fail(templates.error());
+      ao.templates = std::move(*templates);
+    }
+    api = std::make_unique<cf::companion::ApiService>(*state, std::move(ao), sh::SystemClock::Instance(), log);
+    api_server = std::make_unique<cf::companion::ApiServer>(*api, state->config.api, *api_chain, api_key->pkey(),
+                                                            client_ca, log);
+    auto api_bound = api_server->Bind(api_listen_override);
+    if (!api_bound) return Fail(api_bound.error());
+    if (!api_ready_file.empty()) {
+      sh::Status st = fs.WriteFileAtomic(api_ready_file, *api_bound + "\n", 0644);
+      if (!st.ok()) return Fail(st);
+    }
+    log.Info("operator API listening", {{"address", *api_bound}, {"client_ca", cfg->api.client_ca_file}});
+    api_thread = std::thread([&] {
+      sh::Status st = api_server->Serve();
+      if (!st.ok()) log.Error("operator API listener failed", {{"error", st.ToString()}});
+    });
+  }
 
   // This thread takes the signals and speaks to systemd: READY=1 once the listener is
   // bound, the registry open and (with [mqtt] enabled) the broker connected; STATUS=
@@ -185,6 +271,7 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
       log.Info("stopping", {{"signal", std::to_string(sig)}});
       notifier.Stopping();
       server.Stop();
+      if (api_server) api_server->Stop();
       return;
     }
   });
@@ -195,6 +282,8 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
     kill(getpid(), SIGTERM);
   }
   waiter.join();
+  if (api_thread.joinable()) api_thread.join();
+  audit.Stop();
   if (provisioning) provisioning->Stop();
   if (rotation) rotation->Stop();
   if (mqtt) mqtt->Disconnect();
@@ -227,6 +316,10 @@ int main(int argc, char** argv) {
   serve_cmd->add_option("--config", config_path, "companion.toml");
   serve_cmd->add_option("--est-listen", listen_override, "override est.listen (ADDR:PORT, port 0 = any)");
   serve_cmd->add_option("--ready-file", ready_file, "write the bound address here once listening");
+  std::string api_listen_override;
+  std::string api_ready_file;
+  serve_cmd->add_option("--api-listen", api_listen_override, "override api.listen (ADDR:PORT, port 0 = any)");
+  serve_cmd->add_option("--api-ready-file", api_ready_file, "write the API's bound address here once listening");
 
   CLI11_PARSE(app, argc, argv);
   sh::MqttLibrary mqtt_library;
@@ -246,5 +339,5 @@ int main(int argc, char** argv) {
     std::printf("%s\n", path->c_str());
     return 0;
   }
-  return RunServe(config_path, listen_override, ready_file);
+  return RunServe(config_path, listen_override, ready_file, api_listen_override, api_ready_file);
 }

@@ -38,6 +38,7 @@ ProvisioningService::~ProvisioningService() { Stop(); }
 ProvisioningReply ProvisioningService::Reply(const sh::ProvisioningTopic& topic, const Result<std::string>& accepted,
                                              const std::optional<Failure>& failure) {
   ProvisioningReply out;
+  if (observer_) observer_(sh::OperationName(topic.operation), accepted && !failure);
   if (accepted && !failure) {
     out.topic = sh::ReplyTopic(topic, sh::Reply::kAccepted).value_or("");
     out.payload = *accepted;

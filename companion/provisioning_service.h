@@ -8,6 +8,7 @@
 // which publish the replies. Handle() is thread-safe.
 #pragma once
 
+#include <functional>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -59,12 +60,18 @@ class ProvisioningService {
   void Attach(shared::MqttClient& client);
   // Stops the workers; queued requests are dropped (their clients time out and retry).
   void Stop();
+  // Called once per answered request with the operation name and whether it was
+  // accepted (metrics). Set before Attach; must be thread-safe.
+  void SetObserver(std::function<void(std::string_view operation, bool accepted)> observer) {
+    observer_ = std::move(observer);
+  }
 
  private:
   struct Failure {
     shared::RejectionCode code;
     std::string message;
   };
+  std::function<void(std::string_view, bool)> observer_;
   ProvisioningReply Reply(const shared::ProvisioningTopic& topic, const Result<std::string>& accepted,
                           const std::optional<Failure>& failure);
   // Checks a RegisterThing proof of a previous identity (docs/agent.md, "Expired

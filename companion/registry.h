@@ -59,6 +59,12 @@ struct ThingRecord {
   WallTime created_at;
   std::optional<std::string> current_cert_id;
   std::optional<WallTime> current_not_after;
+  // When the thing's agent was last heard from (a rotation ack, a re-enrollment).
+  std::optional<WallTime> last_seen_at;
+  // Set while the thing is quarantined (docs/audit.md): the broker refuses its
+  // publishes and subscriptions and EST refuses its re-enrollment.
+  std::optional<WallTime> quarantined_at;
+  std::string quarantine_reason;
 };
 
 struct TokenRecord {
@@ -86,6 +92,9 @@ struct IssueRecord {
   // Claim enrollment: refuse if the thing already has a current certificate, unless it
   // certifies the same public key (a device retrying after it lost the answer).
   bool require_no_current = false;
+  // A security event that belongs to this decision (an expired certificate re-enrolled
+  // within its grace, say): stored in the same transaction, or not at all.
+  std::optional<SecurityEvent> event;
 };
 
 // A certificate issued by CreateCertificateFromCsr / CreateKeysAndCertificate that
@@ -114,6 +123,59 @@ struct ThingRegistration {
   bool allow_reprovisioning = false;
 };
 
+// ---- Operator API (docs/api.md) ----
+
+// What an operator may do through the API: read-only reads, admin also changes.
+enum class ApiRole { kReadOnly, kAdmin };
+std::string_view ApiRoleName(ApiRole r);  // "read-only", "admin"
+Result<ApiRole> ParseApiRole(std::string_view s);  // kInvalidArgument for anything else
+
+// A bearer token of the operator API. Only the SHA-256 of its secret is stored.
+struct ApiTokenRecord {
+  std::string name;        // unique; IsValidThingName rules
+  std::string token_hash;  // SHA-256 hex of the secret
+  ApiRole role = ApiRole::kReadOnly;
+  WallTime created_at;
+  std::optional<WallTime> expires_at;  // unset: does not expire
+  std::optional<WallTime> revoked_at;
+};
+
+// Filters of the paginated lists. Keyset pagination: `after` is the key of the last
+// row of the previous page (0 or "" for the first page); rows come in key order.
+struct CertFilter {
+  std::optional<CertStatus> status;
+  std::string thing;                      // empty: every thing
+  std::optional<WallTime> expiring_before;  // notAfter < this
+  int64_t after = 0;                      // certificates in insertion order (rowid)
+};
+struct CertPage {
+  std::vector<CertRecord> items;
+  std::optional<int64_t> next;  // key to pass as `after` for the next page
+};
+struct ThingPage {
+  std::vector<ThingRecord> items;
+  std::optional<std::string> next;
+};
+struct EventFilter {
+  std::string kind;                  // empty: every kind
+  std::string subject;               // empty: every subject
+  std::optional<WallTime> since;     // at >= since
+  std::optional<WallTime> until;     // at < until
+  int64_t before = 0;                // newest first: ids below this (0: from the newest)
+};
+struct EventPage {
+  std::vector<SecurityEvent> items;
+  std::optional<int64_t> next;  // pass as `before`
+};
+
+// Counts for the metrics, computed by SQL at scrape time.
+struct FleetCounts {
+  std::vector<std::pair<std::string, int64_t>> certs_by_status;     // every status, 0 included
+  std::vector<std::pair<std::string, int64_t>> active_by_expiry;    // by the buckets below
+  std::vector<std::pair<std::string, int64_t>> rotations_by_state;  // every state
+};
+// Days-to-expiry buckets of ACTIVE certificates: "expired", "lt7d", "lt30d", "lt90d", "ge90d".
+
 // ---- Rotation ----
 
 enum class RotationState { kPending, kCompleted, kCancelled };
@@ -135,9 +197,16 @@ struct RotationRecord {
   std::string created_by;  // "operator:<user>", "audit", ...
 };
 
+// A position in a newest-first list: rows strictly older than (time, key) follow it.
+struct ListPosition {
+  WallTime time;
+  std::string key;  // the row's id or serial: ties of the same second in key order
+};
+
 struct RotationFilter {
   std::optional<RotationState> state;
   std::string thing;  // empty: every thing
+  std::optional<ListPosition> before;  // the next page after this row
 };
 
 // A verified rotation ack, as CompleteRotation records it.
@@ -175,12 +244,27 @@ class Registry {
 
   // Moves a certificate to `status` (an operator's revoke or deactivate). kNotFound
   // for an unknown id; kFailedPrecondition for a REVOKED certificate (final).
-  virtual Status SetCertStatus(const std::string& id, CertStatus status, WallTime now) = 0;
+  // `event`, when given, is stored in the same transaction (who did it, and why).
+  virtual Status SetCertStatus(const std::string& id, CertStatus status, WallTime now,
+                               const std::optional<SecurityEvent>& event = std::nullopt) = 0;
 
   virtual Result<std::optional<CertRecord>> FindCert(const std::string& id) = 0;
   // Certificates in issue order; `thing` filters when non-empty.
   virtual Result<std::vector<CertRecord>> ListCerts(const std::string& thing, int64_t limit) = 0;
   virtual Result<std::vector<ThingRecord>> ListThings(int64_t limit) = 0;
+  virtual Result<std::optional<ThingRecord>> FindThing(const std::string& name) = 0;
+  // Records that the thing's agent was heard from at `now` (never moves back in time).
+  // kNotFound for an unknown thing.
+  virtual Status MarkThingSeen(const std::string& name, WallTime now) = 0;
+  // Quarantines the thing (a reason of 1-256 bytes) or, with nullopt, lifts its
+  // quarantine, and records a security event ("thing_quarantined" or
+  // "thing_unquarantined", subject the thing, detail the actor and reason) in the same
+  // transaction. Quarantining a quarantined thing keeps its first time and reason and
+  // records nothing. kNotFound for an unknown thing; kInvalidArgument for a bad reason.
+  virtual Status SetQuarantine(const std::string& name, const std::optional<std::string>& reason,
+                               const std::string& actor, WallTime now) = 0;
+  // Names of the quarantined things, by name.
+  virtual Result<std::vector<std::string>> ListQuarantinedThings() = 0;
 
   // Stores a new token (its hash only). kAlreadyExists on a hash collision.
   virtual Status CreateToken(const std::string& token_hash, const std::string& serial, WallTime now,
@@ -248,6 +332,28 @@ class Registry {
   // deleted, so the count changes exactly when the revoked set (the CRL) does, whoever
   // revoked (this process, or certfleetctl in another).
   virtual Result<int64_t> CountRevokedCerts() = 0;
+
+  // ---- Operator API ----
+
+  // kAlreadyExists for a name (or hash) in use, kInvalidArgument for a malformed record.
+  virtual Status CreateApiToken(const ApiTokenRecord& token) = 0;
+  // By the hash of the presented secret; revoked and expired tokens are returned too.
+  virtual Result<std::optional<ApiTokenRecord>> FindApiToken(const std::string& token_hash) = 0;
+  // By name, hashes included (callers must not print them).
+  virtual Result<std::vector<ApiTokenRecord>> ListApiTokens() = 0;
+  // Sets revoked_at and records `event` in the same transaction. kNotFound for an
+  // unknown name, kFailedPrecondition if already revoked.
+  virtual Status RevokeApiToken(const std::string& name, WallTime now, const SecurityEvent& event) = 0;
+
+  // Things by name after `after`. `limit` >= 1.
+  virtual Result<ThingPage> ListThingsPage(const std::string& after, int64_t limit) = 0;
+  virtual Result<CertPage> ListCertsPage(const CertFilter& filter, int64_t limit) = 0;
+  virtual Result<EventPage> ListSecurityEventsPage(const EventFilter& filter, int64_t limit) = 0;
+  // Enrollment tokens, newest first (hashes are not returned: TokenRecord has none).
+  // Newest first; with `before`, only the tokens after that position.
+  virtual Result<std::vector<TokenRecord>> ListTokens(int64_t limit,
+                                                      const std::optional<ListPosition>& before = std::nullopt) = 0;
+  virtual Result<FleetCounts> CountFleet(WallTime now) = 0;
 };
 
 struct SqliteRegistryOptions {

@@ -3,6 +3,7 @@
 #include <openssl/rand.h>
 
 #include "companion/broker_config.h"
+#include "companion/broker_plugin/quarantine_list.h"
 #include "shared/wire/rotation.h"
 #include "shared/wire/topics.h"
 #include "shared/x509/cert.h"
@@ -57,6 +58,7 @@ Result<RotationCoordinatorOptions> RotationOptionsFromConfig(const CompanionConf
   o.sweep_interval = c.rotation.sweep_interval;
   o.crl_file = c.broker.crl_file;
   o.crl_validity = c.broker.crl_validity;
+  o.quarantine_file = c.broker.quarantine_file;
   o.reload.command = c.broker.reload_command;
   o.reload.pid_file = c.broker.pid_file;
   o.reload.timeout = c.broker.reload_timeout;
@@ -166,6 +168,7 @@ AckOutcome RotationCoordinator::HandleAck(const sh::MqttMessage& message) {
     if (done.error().code() == Code::kAlreadyExists && ack->rotation_id.empty()) {
       out.duplicate = true;
       out.reason = "certificate " + c.id + " is already proven";
+      (void)state_.registry->MarkThingSeen(out.thing, clock_.Now());
       log_.Info("duplicate rotation ack ignored", {{"thing", out.thing}, {"certificate", c.id}});
       return out;
     }
@@ -179,6 +182,10 @@ AckOutcome RotationCoordinator::HandleAck(const sh::MqttMessage& message) {
   }
   out.accepted = true;
   out.rotation_id = done->completed_rotation_id.value_or("");
+  // A verified ack is the agent speaking with its proven identity: it was seen now
+  // (AGENT_NOT_SEEN_CHECK, docs/audit.md).
+  Status seen = state_.registry->MarkThingSeen(out.thing, clock_.Now());
+  if (!seen.ok()) log_.Warn("recording last seen failed", {{"thing", out.thing}, {"error", seen.ToString()}});
   log_.Info("certificate proven", {{"thing", out.thing}, {"certificate", c.id}, {"rotation", out.rotation_id},
                                    {"previous", ack->previous_certificate_id}});
   for (const auto& id : done->retiring_cert_ids) {
@@ -207,6 +214,14 @@ Status RotationCoordinator::ClearRequest(const RotationRecord& finished) {
                                            {"state", std::string(RotationStateName(finished.state))}});
   }
   return state_.registry->MarkRotationCleared(finished.id, clock_.Now());
+}
+
+void RotationCoordinator::Wake() {
+  {
+    std::lock_guard lock(mu_);
+    wake_ = true;
+  }
+  cv_.notify_all();
 }
 
 void RotationCoordinator::RepublishAll() {
@@ -242,7 +257,7 @@ Result<PassResult> RotationCoordinator::RunOnce() {
 
   // Requests: new ones, or all pending ones after a (re)connect.
   CF_ASSIGN_OR_RETURN(std::vector<RotationRecord> pending,
-                      state_.registry->ListRotations({RotationState::kPending, ""}, kMaxRequestsPerPass));
+                      state_.registry->ListRotations({RotationState::kPending, "", std::nullopt}, kMaxRequestsPerPass));
   bool all_published = true;
   for (const auto& r : pending) {
     if (r.published_at && !republish_all) continue;
@@ -300,12 +315,31 @@ Result<PassResult> RotationCoordinator::RunOnce() {
       }
     }
   }
+  // The quarantine list: when the set of quarantined things changed (here, by an audit,
+  // or by certfleetctl in another process).
+  if (!options_.quarantine_file.empty()) {
+    CF_ASSIGN_OR_RETURN(std::vector<std::string> names, state_.registry->ListQuarantinedThings());
+    std::set<std::string> set(names.begin(), names.end());
+    if (!quarantine_written_ || *quarantine_written_ != set) {
+      Status st = fs_.WriteFileAtomic(options_.quarantine_file, broker_plugin::QuarantineListToJson(set), 0644);
+      if (st.ok()) {
+        quarantine_written_ = std::move(set);
+        out.quarantine_written = true;
+        reload_pending_ = true;
+        log_.Info("quarantine list written", {{"file", options_.quarantine_file},
+                                              {"things", std::to_string(quarantine_written_->size())}});
+      } else {
+        log_.Error("writing the quarantine list failed; will retry",
+                   {{"file", options_.quarantine_file}, {"error", st.ToString()}});
+      }
+    }
+  }
   if (reload_pending_ && reload_) {
     Status st = reload_();
     if (st.ok()) {
       reload_pending_ = false;
       out.broker_reloaded = true;
-      log_.Info("broker reloaded", {{"crl", options_.crl_file}});
+      log_.Info("broker reloaded", {{"crl", options_.crl_file}, {"quarantine", options_.quarantine_file}});
     } else {
       log_.Error("broker reload failed; will retry", {{"error", st.ToString()}});
     }

@@ -18,6 +18,7 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -58,7 +59,8 @@ struct RotationCoordinatorOptions {
   std::chrono::seconds sweep_interval{60};              // polling period of the loop
   std::string crl_file;                                 // empty: no CRL publishing
   std::chrono::seconds crl_validity = std::chrono::hours(24 * 30);
-  BrokerReloadSpec reload;                              // run after a new CRL was written
+  std::string quarantine_file;                          // empty: no broker quarantine list
+  BrokerReloadSpec reload;                              // run after a new CRL or quarantine list
   std::string share_group = "certfleet";                // "" = plain subscription
 };
 
@@ -81,6 +83,7 @@ struct PassResult {
   int published = 0;                        // requests published in this pass
   std::vector<CertTransition> transitions;  // made by the lifecycle sweep
   bool crl_written = false;
+  bool quarantine_written = false;
   bool broker_reloaded = false;
 };
 
@@ -112,12 +115,14 @@ class RotationCoordinator {
   // certfleetctl) since, publishes unpublished requests (every PENDING one after a
   // (re)connect), runs the lifecycle sweep, and writes the CRL and reloads
   // the broker when the set of revoked certificates changed or the CRL passed half its
-  // validity. Errors of one step are logged and do not stop the others; an error is
+  // validity, or when the set of quarantined things changed (quarantine_file). Errors of one step are logged and do not stop the others; an error is
   // returned only if the registry failed.
   Result<PassResult> RunOnce();
 
   // Every PENDING request is published again on the next pass (retained is idempotent).
   void RepublishAll();
+  // A pass now (e.g. after a quarantine changed) rather than at the next sweep interval.
+  void Wake();
 
   // Subscribes (standing, shared subscription), routes ack messages to the queue, and
   // re-publishes on every connect. Call before client.Connect(); then Start().
@@ -146,6 +151,7 @@ class RotationCoordinator {
   // Loop state (the coordinator thread, or a test calling RunOnce).
   int64_t crl_revoked_count_ = -1;            // -1: no CRL written yet
   shared::WallTime crl_written_at_{};
+  std::optional<std::set<std::string>> quarantine_written_;  // the list last written
   bool reload_pending_ = false;
 
   std::mutex mu_;

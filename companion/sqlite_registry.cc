@@ -11,6 +11,7 @@
 #include "shared/wire/rotation.h"
 #include "shared/x509/cert.h"
 #include "shared/x509/key.h"
+#include "shared/x509/key_facts.h"
 
 namespace certfleet::companion {
 
@@ -52,6 +53,14 @@ std::string_view RotationStateName(RotationState s) {
   return "UNKNOWN";
 }
 
+std::string_view ApiRoleName(ApiRole r) { return r == ApiRole::kAdmin ? "admin" : "read-only"; }
+
+Result<ApiRole> ParseApiRole(std::string_view s) {
+  if (s == "admin") return ApiRole::kAdmin;
+  if (s == "read-only") return ApiRole::kReadOnly;
+  return shared::Error(Code::kInvalidArgument, "unknown role '" + std::string(s) + "' (read-only or admin)");
+}
+
 Result<RotationState> ParseRotationState(std::string_view s) {
   for (RotationState r : {RotationState::kPending, RotationState::kCompleted, RotationState::kCancelled}) {
     if (RotationStateName(r) == s) return r;
@@ -66,6 +75,22 @@ bool SameKeyAs(const std::string& a_pem, const std::string& b_pem) {
   auto a = shared::CertFromPem(a_pem);
   auto b = shared::CertFromPem(b_pem);
   return a && b && shared::SamePublicKey(X509_get0_pubkey(a->get()), X509_get0_pubkey(b->get()));
+}
+
+// The key facts of a certificate PEM; an unparseable one is recorded as UNKNOWN so that
+// the backfill does not try it again.
+shared::KeyFacts FactsOf(const std::string& pem) {
+  auto f = shared::DeriveKeyFactsFromPem(pem);
+  if (f) return *f;
+  shared::KeyFacts unknown;
+  unknown.key_type = "UNKNOWN";
+  return unknown;
+}
+
+// Binds key_type, key_bits, sig_alg, sig_hash, roca to ?first .. ?first+4.
+void BindKeyFacts(Statement& st, int first, const shared::KeyFacts& f) {
+  st.Bind(first, f.key_type).Bind(first + 1, static_cast<int64_t>(f.key_bits)).Bind(first + 2, f.sig_alg);
+  st.Bind(first + 3, f.sig_hash).Bind(first + 4, static_cast<int64_t>(f.roca ? 1 : 0));
 }
 
 // Schema versions. Append only: never edit a migration that has shipped.
@@ -201,7 +226,132 @@ CREATE UNIQUE INDEX one_pending_rotation_per_thing ON rotation_requests(thing_na
 CREATE INDEX rotation_requests_by_thing ON rotation_requests(thing_name, created_at);
 )sql";
 
-const std::vector<std::string_view> kMigrations = {kMigration1, kMigration2, kMigration3, kMigration4};
+// Audits (docs/audit.md): key facts derived at issuance so that an audit never parses
+// certificates, when a certificate was first activated, when a thing's agent was last
+// seen and whether it is quarantined; audit tasks with per-check results, findings,
+// suppressions and the mitigation actions taken. Key facts of rows recorded before this
+// migration are filled in when the registry opens (they need the PEM parsed).
+constexpr std::string_view kMigration5 = R"sql(
+ALTER TABLE certificates ADD COLUMN key_type TEXT;
+ALTER TABLE certificates ADD COLUMN key_bits INTEGER CHECK (key_bits IS NULL OR key_bits >= 0);
+ALTER TABLE certificates ADD COLUMN sig_alg TEXT;
+ALTER TABLE certificates ADD COLUMN sig_hash TEXT;
+ALTER TABLE certificates ADD COLUMN roca INTEGER CHECK (roca IS NULL OR roca IN (0, 1));
+ALTER TABLE certificates ADD COLUMN activated_at INTEGER;
+UPDATE certificates SET activated_at = issued_at WHERE status <> 'PENDING_ACTIVATION';
+-- First activation: set once, when a certificate is first ACTIVE.
+CREATE TRIGGER certificate_first_activation_insert AFTER INSERT ON certificates
+  WHEN NEW.status = 'ACTIVE' AND NEW.activated_at IS NULL
+  BEGIN UPDATE certificates SET activated_at = COALESCE(NEW.status_changed_at, NEW.issued_at) WHERE id = NEW.id; END;
+CREATE TRIGGER certificate_first_activation_update AFTER UPDATE OF status ON certificates
+  WHEN NEW.status = 'ACTIVE' AND NEW.activated_at IS NULL
+  BEGIN UPDATE certificates SET activated_at = COALESCE(NEW.status_changed_at, NEW.issued_at) WHERE id = NEW.id; END;
+-- The audit's scans read these partial covering indexes (named with INDEXED BY in
+-- sqlite_audit_store.cc), each holding only the rows its check can flag, never the PEM pages.
+CREATE INDEX certificates_audit_active ON certificates(superseded_by) WHERE status = 'ACTIVE';
+CREATE INDEX certificates_audit_expiry ON certificates(not_after, thing_name, id)
+  WHERE status = 'ACTIVE' AND superseded_by IS NULL;
+CREATE INDEX certificates_audit_age ON certificates(activated_at, thing_name, id)
+  WHERE status = 'ACTIVE' AND superseded_by IS NULL;
+CREATE INDEX certificates_audit_revoked ON certificates(not_after, superseded_by, proven_at, status_changed_at, thing_name, id)
+  WHERE status = 'REVOKED';
+CREATE INDEX certificates_audit_superseded ON certificates(superseded_at, retire_at, superseded_by, thing_name, id)
+  WHERE status = 'ACTIVE' AND superseded_by IS NOT NULL;
+CREATE INDEX certificates_audit_weak ON certificates(thing_name, id)
+  WHERE status = 'ACTIVE' AND (roca = 1 OR sig_hash IN ('MD2', 'MD4', 'MD5', 'SHA1')
+                               OR key_type NOT IN ('RSA', 'EC', 'ED25519', 'ED448'));
+CREATE INDEX certificates_audit_keysize ON certificates(key_type, key_bits) WHERE status = 'ACTIVE';
+
+ALTER TABLE things ADD COLUMN last_seen_at INTEGER;
+ALTER TABLE things ADD COLUMN quarantined_at INTEGER;
+ALTER TABLE things ADD COLUMN quarantine_reason TEXT CHECK (quarantine_reason IS NULL OR length(quarantine_reason) <= 256);
+CREATE TRIGGER quarantine_needs_reason BEFORE UPDATE OF quarantined_at ON things
+  WHEN NEW.quarantined_at IS NOT NULL AND NEW.quarantine_reason IS NULL
+  BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: a quarantine has a reason'); END;
+
+CREATE TABLE audit_tasks (
+  id          TEXT PRIMARY KEY CHECK (length(id) = 32 AND id NOT GLOB '*[^0-9a-f]*'),
+  task_type   TEXT NOT NULL CHECK (task_type IN ('ON_DEMAND_AUDIT_TASK', 'SCHEDULED_AUDIT_TASK')),
+  status      TEXT NOT NULL CHECK (status IN ('IN_PROGRESS', 'COMPLETED', 'FAILED', 'CANCELED')),
+  started_at  INTEGER NOT NULL,
+  ended_at    INTEGER CHECK (ended_at IS NULL OR ended_at >= started_at),
+  report_path TEXT,
+  error       TEXT,
+  CHECK ((status = 'IN_PROGRESS') = (ended_at IS NULL))
+) STRICT;
+CREATE INDEX audit_tasks_by_start ON audit_tasks(started_at, id);
+
+CREATE TABLE audit_check_results (
+  task_id        TEXT NOT NULL REFERENCES audit_tasks(id) ON DELETE CASCADE,
+  check_name     TEXT NOT NULL CHECK (length(check_name) BETWEEN 1 AND 64),
+  run_status     TEXT NOT NULL CHECK (run_status IN ('IN_PROGRESS', 'COMPLETED_COMPLIANT', 'COMPLETED_NON_COMPLIANT',
+                                                     'FAILED', 'CANCELED')),
+  total          INTEGER NOT NULL DEFAULT 0 CHECK (total >= 0),
+  non_compliant  INTEGER NOT NULL DEFAULT 0 CHECK (non_compliant >= 0),
+  suppressed     INTEGER NOT NULL DEFAULT 0 CHECK (suppressed BETWEEN 0 AND non_compliant),
+  error          TEXT,
+  PRIMARY KEY (task_id, check_name)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE audit_findings (
+  id             INTEGER PRIMARY KEY,
+  task_id        TEXT NOT NULL REFERENCES audit_tasks(id) ON DELETE CASCADE,
+  check_name     TEXT NOT NULL,
+  severity       TEXT NOT NULL CHECK (severity IN ('CRITICAL', 'HIGH', 'MEDIUM', 'LOW')),
+  resource_type  TEXT NOT NULL,
+  resource_id    TEXT NOT NULL,
+  thing_name     TEXT,
+  reason_code    TEXT NOT NULL,
+  info           TEXT NOT NULL,
+  found_at       INTEGER NOT NULL,
+  suppressed     INTEGER NOT NULL CHECK (suppressed IN (0, 1))
+) STRICT;
+CREATE INDEX audit_findings_by_task ON audit_findings(task_id, id);
+
+CREATE TABLE audit_suppressions (
+  check_name     TEXT NOT NULL CHECK (length(check_name) BETWEEN 1 AND 64),
+  resource_id    TEXT NOT NULL CHECK (length(resource_id) BETWEEN 1 AND 256),
+  created_at     INTEGER NOT NULL,
+  expires_at     INTEGER NOT NULL CHECK (expires_at > created_at),
+  description    TEXT NOT NULL CHECK (length(description) <= 1000),
+  created_by     TEXT NOT NULL,
+  PRIMARY KEY (check_name, resource_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE mitigation_actions (
+  id          INTEGER PRIMARY KEY,
+  task_id     TEXT NOT NULL REFERENCES audit_tasks(id) ON DELETE CASCADE,
+  finding_id  INTEGER NOT NULL REFERENCES audit_findings(id) ON DELETE CASCADE,
+  action      TEXT NOT NULL CHECK (action IN ('ROTATE_DEVICE_CERTIFICATE', 'DEACTIVATE_DEVICE_CERTIFICATE',
+                                              'QUARANTINE_THING', 'NOTIFY')),
+  result      TEXT NOT NULL CHECK (result IN ('SUCCEEDED', 'FAILED', 'SKIPPED')),
+  detail      TEXT NOT NULL,
+  at          INTEGER NOT NULL
+) STRICT;
+CREATE INDEX mitigation_actions_by_task ON mitigation_actions(task_id, id);
+CREATE INDEX mitigation_actions_by_finding ON mitigation_actions(finding_id);
+-- Nothing is applied to a suppressed finding.
+CREATE TRIGGER no_mitigation_for_suppressed BEFORE INSERT ON mitigation_actions
+  WHEN (SELECT suppressed FROM audit_findings WHERE id = NEW.finding_id) <> 0
+  BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: no mitigation for a suppressed finding'); END;
+)sql";
+
+// The operator API: bearer tokens (hashes only), and indexes for its filtered lists.
+constexpr std::string_view kMigration6 = R"sql(
+CREATE TABLE api_tokens (
+  name        TEXT PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 64),
+  token_hash  TEXT NOT NULL UNIQUE CHECK (length(token_hash) = 64 AND token_hash NOT GLOB '*[^0-9a-f]*'),
+  role        TEXT NOT NULL CHECK (role IN ('read-only', 'admin')),
+  created_at  INTEGER NOT NULL,
+  expires_at  INTEGER CHECK (expires_at IS NULL OR expires_at > created_at),
+  revoked_at  INTEGER
+) STRICT;
+CREATE INDEX security_events_by_kind ON security_events(kind, id);
+CREATE INDEX certificates_by_status ON certificates(status, not_after);
+)sql";
+
+const std::vector<std::string_view> kMigrations = {kMigration1, kMigration2, kMigration3, kMigration4, kMigration5,
+                                                   kMigration6};
 
 int64_t Secs(WallTime t) { return shared::ToUnixSeconds(t); }
 WallTime Wall(int64_t s) { return shared::FromUnixSeconds(s); }
@@ -228,6 +378,24 @@ Result<CertRecord> ReadCert(const Statement& st) {
   if (!st.IsNull(13)) c.proven_at = Wall(st.Int(13));
   if (!st.IsNull(14)) c.retire_at = Wall(st.Int(14));
   return c;
+}
+
+// Things joined (LEFT JOIN certificates c) with their current certificate.
+constexpr std::string_view kThingColumns =
+    "t.name, t.created_at, c.id, c.not_after, t.last_seen_at, t.quarantined_at, t.quarantine_reason";
+
+ThingRecord ReadThing(const Statement& st) {
+  ThingRecord t;
+  t.name = st.Text(0);
+  t.created_at = Wall(st.Int(1));
+  if (!st.IsNull(2)) {
+    t.current_cert_id = st.Text(2);
+    t.current_not_after = Wall(st.Int(3));
+  }
+  if (!st.IsNull(4)) t.last_seen_at = Wall(st.Int(4));
+  if (!st.IsNull(5)) t.quarantined_at = Wall(st.Int(5));
+  if (!st.IsNull(6)) t.quarantine_reason = st.Text(6);
+  return t;
 }
 
 constexpr std::string_view kRotationColumns =
@@ -330,10 +498,12 @@ class SqliteRegistry final : public Registry {
     }
     CF_ASSIGN_OR_RETURN(StatementLease ins, Use(
         "INSERT INTO certificates(id, thing_name, serial, subject, not_before, not_after, issued_at, status, "
-        "source, pem, status_changed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?7)"));
+        "source, pem, status_changed_at, key_type, key_bits, sig_alg, sig_hash, roca) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?7, ?11, ?12, ?13, ?14, ?15)"));
     ins->Bind(1, c.id).Bind(2, c.thing_name).Bind(3, c.serial).Bind(4, c.subject);
     ins->Bind(5, Secs(c.not_before)).Bind(6, Secs(c.not_after)).Bind(7, Secs(now));
     ins->Bind(8, CertStatusName(c.status)).Bind(9, c.source).Bind(10, c.pem);
+    BindKeyFacts(*ins, 11, FactsOf(c.pem));
     CF_RETURN_IF_ERROR(ins->Run());
 
     if (rec.token_hash) {
@@ -344,10 +514,12 @@ class SqliteRegistry final : public Registry {
       CF_RETURN_IF_ERROR(use->Run());
       if (db_.Changes() != 1) return Status(Code::kFailedPrecondition, "enrollment token already used");
     }
+    if (rec.event) CF_RETURN_IF_ERROR(InsertEventLocked(*rec.event));
     return tx.Commit();
   }
 
-  Status SetCertStatus(const std::string& id, CertStatus status, WallTime now) override {
+  Status SetCertStatus(const std::string& id, CertStatus status, WallTime now,
+                       const std::optional<SecurityEvent>& event) override {
     std::lock_guard lock(mu_);
     CF_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_));
     CF_ASSIGN_OR_RETURN(StatementLease q, Use("SELECT status FROM certificates WHERE id = ?1"));
@@ -360,6 +532,7 @@ class SqliteRegistry final : public Registry {
     CF_ASSIGN_OR_RETURN(StatementLease u, Use("UPDATE certificates SET status = ?1, status_changed_at = ?3 WHERE id = ?2"));
     u->Bind(1, CertStatusName(status)).Bind(2, id).Bind(3, Secs(now));
     CF_RETURN_IF_ERROR(u->Run());
+    if (event) CF_RETURN_IF_ERROR(InsertEventLocked(*event));
     return tx.Commit();
   }
 
@@ -393,7 +566,7 @@ class SqliteRegistry final : public Registry {
   Result<std::vector<ThingRecord>> ListThings(int64_t limit) override {
     std::lock_guard lock(mu_);
     CF_ASSIGN_OR_RETURN(StatementLease q, Use(
-        "SELECT t.name, t.created_at, c.id, c.not_after FROM things t LEFT JOIN certificates c "
+        "SELECT " + std::string(kThingColumns) + " FROM things t LEFT JOIN certificates c "
         "ON c.thing_name = t.name AND c.status = 'ACTIVE' AND c.superseded_by IS NULL "
         "ORDER BY t.name LIMIT ?1"));
     q->Bind(1, limit);
@@ -401,16 +574,100 @@ class SqliteRegistry final : public Registry {
     for (;;) {
       CF_ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
-      ThingRecord t;
-      t.name = q->Text(0);
-      t.created_at = Wall(q->Int(1));
-      if (!q->IsNull(2)) {
-        t.current_cert_id = q->Text(2);
-        t.current_not_after = Wall(q->Int(3));
-      }
-      out.push_back(std::move(t));
+      out.push_back(ReadThing(*q));
     }
     return out;
+  }
+
+  Result<std::optional<ThingRecord>> FindThing(const std::string& name) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "SELECT " + std::string(kThingColumns) + " FROM things t LEFT JOIN certificates c "
+        "ON c.thing_name = t.name AND c.status = 'ACTIVE' AND c.superseded_by IS NULL WHERE t.name = ?1"));
+    q->Bind(1, name);
+    CF_ASSIGN_OR_RETURN(bool row, q->Step());
+    if (!row) return std::optional<ThingRecord>();
+    return std::optional<ThingRecord>(ReadThing(*q));
+  }
+
+  Status MarkThingSeen(const std::string& name, WallTime now) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "UPDATE things SET last_seen_at = max(COALESCE(last_seen_at, ?2), ?2) WHERE name = ?1"));
+    q->Bind(1, name).Bind(2, Secs(now));
+    CF_RETURN_IF_ERROR(q->Run());
+    if (db_.Changes() != 1) return Status(Code::kNotFound, "no thing '" + name + "'");
+    return Status::Ok();
+  }
+
+  Status SetQuarantine(const std::string& name, const std::optional<std::string>& reason, const std::string& actor,
+                       WallTime now) override {
+    if (reason && (reason->empty() || reason->size() > 256)) {
+      return Status(Code::kInvalidArgument, "a quarantine reason is 1-256 bytes");
+    }
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_));
+    CF_ASSIGN_OR_RETURN(StatementLease t, Use("SELECT quarantined_at IS NOT NULL FROM things WHERE name = ?1"));
+    t->Bind(1, name);
+    CF_ASSIGN_OR_RETURN(bool found, t->Step());
+    if (!found) return Status(Code::kNotFound, "no thing '" + name + "'");
+    const bool quarantined = t->Int(0) != 0;
+    if (quarantined == reason.has_value()) return Status::Ok();  // already so: nothing to record
+    CF_ASSIGN_OR_RETURN(StatementLease u, Use(
+        "UPDATE things SET quarantine_reason = ?2, quarantined_at = ?3 WHERE name = ?1"));
+    u->Bind(1, name);
+    if (reason) {
+      u->Bind(2, *reason).Bind(3, Secs(now));
+    } else {
+      u->BindNull(2).BindNull(3);
+    }
+    CF_RETURN_IF_ERROR(u->Run());
+    CF_ASSIGN_OR_RETURN(StatementLease e, Use(
+        "INSERT INTO security_events(at, kind, subject, detail) VALUES (?1, ?2, ?3, ?4)"));
+    e->Bind(1, Secs(now)).Bind(2, reason ? "thing_quarantined" : "thing_unquarantined").Bind(3, name);
+    e->Bind(4, "by " + actor + (reason ? ": " + *reason : std::string()));
+    CF_RETURN_IF_ERROR(e->Run());
+    return tx.Commit();
+  }
+
+  Result<std::vector<std::string>> ListQuarantinedThings() override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "SELECT name FROM things WHERE quarantined_at IS NOT NULL ORDER BY name"));
+    std::vector<std::string> out;
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      out.push_back(q->Text(0));
+    }
+    return out;
+  }
+
+  // Derives the key facts of certificates recorded before the audit columns existed,
+  // in batches of one transaction each.
+  Status BackfillKeyFacts() {
+    std::lock_guard lock(mu_);
+    for (;;) {
+      std::vector<std::pair<std::string, std::string>> batch;
+      {
+        CF_ASSIGN_OR_RETURN(StatementLease q, Use("SELECT id, pem FROM certificates WHERE key_type IS NULL LIMIT 500"));
+        for (;;) {
+          CF_ASSIGN_OR_RETURN(bool row, q->Step());
+          if (!row) break;
+          batch.emplace_back(q->Text(0), q->Text(1));
+        }
+      }
+      if (batch.empty()) return Status::Ok();
+      CF_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_));
+      for (const auto& [id, pem] : batch) {
+        CF_ASSIGN_OR_RETURN(StatementLease u, Use(
+            "UPDATE certificates SET key_type = ?1, key_bits = ?2, sig_alg = ?3, sig_hash = ?4, roca = ?5 WHERE id = ?6"));
+        BindKeyFacts(*u, 1, FactsOf(pem));
+        u->Bind(6, id);
+        CF_RETURN_IF_ERROR(u->Run());
+      }
+      CF_RETURN_IF_ERROR(tx.Commit());
+    }
   }
 
   Status CreateToken(const std::string& token_hash, const std::string& serial, WallTime now,
@@ -504,10 +761,12 @@ class SqliteRegistry final : public Registry {
     c.status_changed_at = now;
     CF_ASSIGN_OR_RETURN(StatementLease ins, Use(
         "INSERT INTO certificates(id, thing_name, serial, subject, not_before, not_after, issued_at, status, "
-        "source, pem, status_changed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"));
+        "source, pem, status_changed_at, key_type, key_bits, sig_alg, sig_hash, roca) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"));
     ins->Bind(1, c.id).Bind(2, c.thing_name).Bind(3, c.serial).Bind(4, c.subject);
     ins->Bind(5, Secs(c.not_before)).Bind(6, Secs(c.not_after)).Bind(7, Secs(c.issued_at));
     ins->Bind(8, CertStatusName(c.status)).Bind(9, c.source).Bind(10, c.pem).Bind(11, Secs(now));
+    BindKeyFacts(*ins, 12, FactsOf(c.pem));
     CF_RETURN_IF_ERROR(ins->Run());
     CF_ASSIGN_OR_RETURN(StatementLease used, Use(
         "INSERT INTO used_ownership_tokens(token_hash, cert_id, used_at) VALUES (?1, ?2, ?3)"));
@@ -527,10 +786,221 @@ class SqliteRegistry final : public Registry {
 
   Status RecordSecurityEvent(const SecurityEvent& e) override {
     std::lock_guard lock(mu_);
+    return InsertEventLocked(e);
+  }
+
+  Status InsertEventLocked(const SecurityEvent& e) {
     CF_ASSIGN_OR_RETURN(StatementLease q, Use(
         "INSERT INTO security_events(at, kind, subject, detail) VALUES (?1, ?2, ?3, ?4)"));
     q->Bind(1, Secs(e.at)).Bind(2, e.kind).Bind(3, e.subject).Bind(4, e.detail);
     return q->Run();
+  }
+
+  // ---- Operator API ----
+
+  Status CreateApiToken(const ApiTokenRecord& t) override {
+    if (!IsValidThingName(t.name)) return Status(Code::kInvalidArgument, "token name must be 1-64 of A-Z a-z 0-9 - _ . :");
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "INSERT INTO api_tokens(name, token_hash, role, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)"));
+    q->Bind(1, t.name).Bind(2, t.token_hash).Bind(3, ApiRoleName(t.role)).Bind(4, Secs(t.created_at));
+    if (t.expires_at) q->Bind(5, Secs(*t.expires_at));
+    return q->Run();
+  }
+
+  static Result<ApiTokenRecord> ReadApiToken(const Statement& q) {
+    ApiTokenRecord t;
+    t.name = q.Text(0);
+    t.token_hash = q.Text(1);
+    CF_ASSIGN_OR_RETURN(t.role, ParseApiRole(q.Text(2)));
+    t.created_at = Wall(q.Int(3));
+    if (!q.IsNull(4)) t.expires_at = Wall(q.Int(4));
+    if (!q.IsNull(5)) t.revoked_at = Wall(q.Int(5));
+    return t;
+  }
+
+  Result<std::optional<ApiTokenRecord>> FindApiToken(const std::string& token_hash) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "SELECT name, token_hash, role, created_at, expires_at, revoked_at FROM api_tokens WHERE token_hash = ?1"));
+    q->Bind(1, token_hash);
+    CF_ASSIGN_OR_RETURN(bool row, q->Step());
+    if (!row) return std::optional<ApiTokenRecord>();
+    CF_ASSIGN_OR_RETURN(ApiTokenRecord t, ReadApiToken(*q));
+    return std::optional<ApiTokenRecord>(std::move(t));
+  }
+
+  Result<std::vector<ApiTokenRecord>> ListApiTokens() override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "SELECT name, token_hash, role, created_at, expires_at, revoked_at FROM api_tokens ORDER BY name"));
+    std::vector<ApiTokenRecord> out;
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      CF_ASSIGN_OR_RETURN(ApiTokenRecord t, ReadApiToken(*q));
+      out.push_back(std::move(t));
+    }
+    return out;
+  }
+
+  Status RevokeApiToken(const std::string& name, WallTime now, const SecurityEvent& event) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_));
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use("SELECT revoked_at FROM api_tokens WHERE name = ?1"));
+    q->Bind(1, name);
+    CF_ASSIGN_OR_RETURN(bool found, q->Step());
+    if (!found) return Status(Code::kNotFound, "no API token '" + name + "'");
+    if (!q->IsNull(0)) return Status(Code::kFailedPrecondition, "API token '" + name + "' is already revoked");
+    CF_ASSIGN_OR_RETURN(StatementLease u, Use("UPDATE api_tokens SET revoked_at = ?2 WHERE name = ?1"));
+    u->Bind(1, name).Bind(2, Secs(now));
+    CF_RETURN_IF_ERROR(u->Run());
+    CF_RETURN_IF_ERROR(InsertEventLocked(event));
+    return tx.Commit();
+  }
+
+  Result<ThingPage> ListThingsPage(const std::string& after, int64_t limit) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "SELECT " + std::string(kThingColumns) + " FROM things t LEFT JOIN certificates c "
+        "ON c.thing_name = t.name AND c.status = 'ACTIVE' AND c.superseded_by IS NULL "
+        "WHERE t.name > ?1 ORDER BY t.name LIMIT ?2"));
+    q->Bind(1, after).Bind(2, limit + 1);
+    ThingPage page;
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      if (static_cast<int64_t>(page.items.size()) == limit) {
+        page.next = page.items.back().name;
+        break;
+      }
+      page.items.push_back(ReadThing(*q));
+    }
+    return page;
+  }
+
+  Result<CertPage> ListCertsPage(const CertFilter& f, int64_t limit) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "SELECT rowid, " + std::string(kCertColumns) +
+        " FROM certificates WHERE rowid > ?1 AND (?2 = '' OR status = ?2) AND (?3 = '' OR thing_name = ?3) "
+        "AND (?4 IS NULL OR not_after < ?4) ORDER BY rowid LIMIT ?5"));
+    q->Bind(1, f.after).Bind(2, f.status ? CertStatusName(*f.status) : std::string_view("")).Bind(3, f.thing);
+    if (f.expiring_before) q->Bind(4, Secs(*f.expiring_before));
+    q->Bind(5, limit + 1);
+    CertPage page;
+    int64_t last = 0;
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      if (static_cast<int64_t>(page.items.size()) == limit) {
+        page.next = last;
+        break;
+      }
+      last = q->Int(0);
+      Statement& st = *q;
+      CertRecord c;
+      c.id = st.Text(1);
+      c.thing_name = st.Text(2);
+      c.serial = st.Text(3);
+      c.subject = st.Text(4);
+      c.not_before = Wall(st.Int(5));
+      c.not_after = Wall(st.Int(6));
+      c.issued_at = Wall(st.Int(7));
+      CF_ASSIGN_OR_RETURN(c.status, ParseCertStatus(st.Text(8)));
+      c.source = st.Text(9);
+      if (!st.IsNull(10)) c.superseded_by = st.Text(10);
+      if (!st.IsNull(11)) c.superseded_at = Wall(st.Int(11));
+      c.pem = st.Text(12);
+      c.status_changed_at = st.IsNull(13) ? c.issued_at : Wall(st.Int(13));
+      if (!st.IsNull(14)) c.proven_at = Wall(st.Int(14));
+      if (!st.IsNull(15)) c.retire_at = Wall(st.Int(15));
+      page.items.push_back(std::move(c));
+    }
+    return page;
+  }
+
+  Result<EventPage> ListSecurityEventsPage(const EventFilter& f, int64_t limit) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "SELECT id, at, kind, subject, detail FROM security_events WHERE (?1 = 0 OR id < ?1) "
+        "AND (?2 = '' OR kind = ?2) AND (?3 = '' OR subject = ?3) AND (?4 IS NULL OR at >= ?4) "
+        "AND (?5 IS NULL OR at < ?5) ORDER BY id DESC LIMIT ?6"));
+    q->Bind(1, f.before).Bind(2, f.kind).Bind(3, f.subject);
+    if (f.since) q->Bind(4, Secs(*f.since));
+    if (f.until) q->Bind(5, Secs(*f.until));
+    q->Bind(6, limit + 1);
+    EventPage page;
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      if (static_cast<int64_t>(page.items.size()) == limit) {
+        page.next = page.items.back().id;
+        break;
+      }
+      page.items.push_back({q->Int(0), Wall(q->Int(1)), q->Text(2), q->Text(3), q->Text(4)});
+    }
+    return page;
+  }
+
+  Result<std::vector<TokenRecord>> ListTokens(int64_t limit, const std::optional<ListPosition>& before) override {
+    std::lock_guard lock(mu_);
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+        "SELECT serial, created_at, expires_at, used_at FROM enrollment_tokens "
+        "WHERE ?2 IS NULL OR created_at < ?2 OR (created_at = ?2 AND serial < ?3) "
+        "ORDER BY created_at DESC, serial DESC LIMIT ?1"));
+    q->Bind(1, limit);
+    if (before) {
+      q->Bind(2, Secs(before->time)).Bind(3, before->key);
+    } else {
+      q->BindNull(2).Bind(3, "");
+    }
+    std::vector<TokenRecord> out;
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, q->Step());
+      if (!row) break;
+      TokenRecord t{q->Text(0), Wall(q->Int(1)), Wall(q->Int(2)), std::nullopt};
+      if (!q->IsNull(3)) t.used_at = Wall(q->Int(3));
+      out.push_back(std::move(t));
+    }
+    return out;
+  }
+
+  Result<FleetCounts> CountFleet(WallTime now) override {
+    std::lock_guard lock(mu_);
+    FleetCounts out;
+    for (CertStatus c : {CertStatus::kPendingActivation, CertStatus::kActive, CertStatus::kInactive, CertStatus::kRevoked}) {
+      out.certs_by_status.emplace_back(std::string(CertStatusName(c)), 0);
+    }
+    CF_ASSIGN_OR_RETURN(StatementLease s, Use("SELECT status, count(*) FROM certificates GROUP BY status"));
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, s->Step());
+      if (!row) break;
+      for (auto& [name, n] : out.certs_by_status) {
+        if (name == s->Text(0)) n = s->Int(1);
+      }
+    }
+    CF_ASSIGN_OR_RETURN(StatementLease e, Use(
+        "SELECT coalesce(sum(not_after <= ?1), 0), coalesce(sum(not_after > ?1 AND not_after <= ?1 + 7 * 86400), 0), "
+        "coalesce(sum(not_after > ?1 + 7 * 86400 AND not_after <= ?1 + 30 * 86400), 0), "
+        "coalesce(sum(not_after > ?1 + 30 * 86400 AND not_after <= ?1 + 90 * 86400), 0), "
+        "coalesce(sum(not_after > ?1 + 90 * 86400), 0) FROM certificates WHERE status = 'ACTIVE'"));
+    e->Bind(1, Secs(now));
+    CF_ASSIGN_OR_RETURN(bool erow, e->Step());
+    const char* buckets[] = {"expired", "lt7d", "lt30d", "lt90d", "ge90d"};
+    for (int i = 0; i < 5; ++i) out.active_by_expiry.emplace_back(buckets[i], erow ? e->Int(i) : 0);
+    for (RotationState r : {RotationState::kPending, RotationState::kCompleted, RotationState::kCancelled}) {
+      out.rotations_by_state.emplace_back(std::string(RotationStateName(r)), 0);
+    }
+    CF_ASSIGN_OR_RETURN(StatementLease r, Use("SELECT state, count(*) FROM rotation_requests GROUP BY state"));
+    for (;;) {
+      CF_ASSIGN_OR_RETURN(bool row, r->Step());
+      if (!row) break;
+      for (auto& [name, n] : out.rotations_by_state) {
+        if (name == r->Text(0)) n = r->Int(1);
+      }
+    }
+    return out;
   }
 
   Result<std::vector<SecurityEvent>> ListSecurityEvents(int64_t limit) override {
@@ -579,8 +1049,14 @@ class SqliteRegistry final : public Registry {
     std::lock_guard lock(mu_);
     CF_ASSIGN_OR_RETURN(StatementLease q, Use(
         "SELECT " + std::string(kRotationColumns) + " FROM rotation_requests WHERE (?1 = '' OR state = ?1) "
-        "AND (?2 = '' OR thing_name = ?2) ORDER BY created_at DESC, rowid DESC LIMIT ?3"));
+        "AND (?2 = '' OR thing_name = ?2) AND (?4 IS NULL OR created_at < ?4 OR (created_at = ?4 AND id < ?5)) "
+        "ORDER BY created_at DESC, id DESC LIMIT ?3"));
     q->Bind(1, f.state ? RotationStateName(*f.state) : std::string_view("")).Bind(2, f.thing).Bind(3, limit);
+    if (f.before) {
+      q->Bind(4, Secs(f.before->time)).Bind(5, f.before->key);
+    } else {
+      q->BindNull(4).Bind(5, "");
+    }
     std::vector<RotationRecord> out;
     for (;;) {
       CF_ASSIGN_OR_RETURN(bool row, q->Step());
@@ -717,7 +1193,12 @@ class SqliteRegistry final : public Registry {
     for (;;) {
       CF_ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
-      out.push_back({q->Text(0), Wall(q->Int(1)), q->Text(2), Wall(q->Int(3))});
+      ThingRecord rec;
+      rec.name = q->Text(0);
+      rec.created_at = Wall(q->Int(1));
+      rec.current_cert_id = q->Text(2);
+      rec.current_not_after = Wall(q->Int(3));
+      out.push_back(std::move(rec));
     }
     return out;
   }
@@ -839,7 +1320,9 @@ Result<std::unique_ptr<Registry>> OpenSqliteRegistry(const std::string& path, co
                                                           std::to_string(kMigrations.size()));
     }
   }
-  return std::unique_ptr<Registry>(std::make_unique<SqliteRegistry>(std::move(db)));
+  auto registry = std::make_unique<SqliteRegistry>(std::move(db));
+  if (!options.read_only) CF_RETURN_IF_ERROR(registry->BackfillKeyFacts().WithContext("registry " + path));
+  return std::unique_ptr<Registry>(std::move(registry));
 }
 
 }  // namespace certfleet::companion

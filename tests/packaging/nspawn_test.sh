@@ -28,10 +28,11 @@ command -v debootstrap >/dev/null || skip "debootstrap is not installed"
 
 # The base tree, made once: systemd, mosquitto and the libraries the packages link.
 BASE=$CACHE/bookworm-root
-if [ ! -x "$BASE/lib/systemd/systemd" ] || [ ! -e "$BASE/usr/lib/x86_64-linux-gnu/libcpp-httplib.so.0.11" ]; then
+if [ ! -x "$BASE/lib/systemd/systemd" ] || [ ! -e "$BASE/usr/lib/x86_64-linux-gnu/libcpp-httplib.so.0.11" ] ||
+   [ ! -e "$BASE/usr/lib/x86_64-linux-gnu/libprometheus-cpp-core.so.1.0" ]; then
   rm -rf "$BASE.tmp"
   debootstrap --variant=minbase \
-    --include=systemd,systemd-sysv,dbus,mosquitto,libcurl4,libsqlite3-0,libmosquitto1,libssl3,libsystemd0,openssl,ca-certificates,procps,libtomlplusplus3,libcpp-httplib0.11 \
+    --include=systemd,systemd-sysv,dbus,mosquitto,libcurl4,libsqlite3-0,libmosquitto1,libssl3,libsystemd0,openssl,ca-certificates,procps,libtomlplusplus3,libcpp-httplib0.11,libprometheus-cpp-core1.0 \
     bookworm "$BASE.tmp" http://deb.debian.org/debian >"$CACHE/debootstrap.log" 2>&1 ||
     skip "debootstrap failed (no mirror?): $(tail -1 "$CACHE/debootstrap.log")"
   rm -rf "$BASE" && mv "$BASE.tmp" "$BASE"
