@@ -66,12 +66,8 @@ std::string PositionCursor(std::string_view kind, sh::WallTime time, const std::
 
 sh::Result<ListPosition> DecodePositionCursor(std::string_view kind, std::string_view cursor) {
   CF_ASSIGN_OR_RETURN(std::string key, DecodeCursor(kind, cursor));
-  const size_t dot = key.find('.');
-  if (dot == std::string::npos || dot == 0 || dot > 19 || dot + 1 == key.size() ||
-      key.find_first_not_of("0123456789") < dot) {
-    return sh::Error(Code::kInvalidArgument, "malformed nextToken");
-  }
-  return ListPosition{sh::FromUnixSeconds(std::stoll(key.substr(0, dot))), key.substr(dot + 1)};
+  CF_ASSIGN_OR_RETURN(PositionKey pos, SplitPositionKey(key));
+  return ListPosition{sh::FromUnixSeconds(pos.seconds), std::move(pos.rest)};
 }
 
 // An optional RFC 3339 query value: sets `out` when `text` holds one.
@@ -170,11 +166,15 @@ ApiResponse FromStatus(const sh::Status& st, sh::Logger& log) {
     case Code::kNotFound: return JsonError(404, "not_found", st.message());
     case Code::kAlreadyExists: return JsonError(409, "conflict", st.message());
     case Code::kFailedPrecondition: return JsonError(409, "conflict", st.message());
-    case Code::kPermissionDenied: return JsonError(403, "forbidden", st.message());
     case Code::kUnauthenticated: return JsonError(401, "unauthorized", "authentication required");
-    case Code::kResourceExhausted: return JsonError(429, "rate_limited", st.message());
     case Code::kUnavailable:
     case Code::kDeadlineExceeded: return JsonError(503, "unavailable", "try again later");
+    // From the registry these mean a full disk or an unwritable database, not the
+    // caller's doing: the details go to the log.
+    case Code::kResourceExhausted:
+    case Code::kPermissionDenied:
+      log.Error("API request failed", {{"error", st.ToString()}});
+      return JsonError(503, "unavailable", "the registry cannot be written; try again later");
     default:
       log.Error("API request failed", {{"error", st.ToString()}});
       return JsonError(500, "internal", "internal error");
@@ -204,6 +204,14 @@ std::optional<std::chrono::seconds> RateLimiter::TryAcquire(const std::string& k
   auto wait = q.front() + window_ - now;
   auto secs = std::chrono::ceil<std::chrono::seconds>(wait);
   return std::max(secs, std::chrono::seconds(1));
+}
+
+void RateLimiter::Release(const std::string& key) {
+  std::lock_guard lock(mu_);
+  auto it = calls_.find(key);
+  if (it == calls_.end() || it->second.empty()) return;
+  it->second.pop_back();
+  if (it->second.empty()) calls_.erase(it);
 }
 
 // ---- Router ----
@@ -255,16 +263,20 @@ ApiAuthenticator::ApiAuthenticator(Registry& registry, const ApiConfig& config, 
       log_(log),
       event_limit_(clock, kAuthEventsPerWindow, std::chrono::seconds(60)) {}
 
+void ApiAuthenticator::RecordRefusal(const ApiRequest& request, std::string_view kind, const std::string& subject,
+                                     const std::string& why) {
+  // Bounded: a flood from one address records (and logs) kAuthEventsPerWindow events a
+  // minute; the rest are only counted (certfleet_api_auth_failures_total).
+  if (event_limit_.TryAcquire(AddressOnly(request.remote))) return;
+  log_.Warn("API request refused", {{"remote", request.remote}, {"kind", std::string(kind)}, {"reason", why}});
+  sh::Status st = registry_.RecordSecurityEvent(
+      SecurityEvent{0, clock_.Now(), std::string(kind), subject, why + " (from " + request.remote + ")"});
+  if (!st.ok()) log_.Error("recording security event failed", {{"error", st.ToString()}});
+}
+
 ApiResponse ApiAuthenticator::Unauthorized(const ApiRequest& request, const std::string& subject,
                                            const std::string& why) {
-  // Bounded: a flood of bad credentials from one address records kAuthEventsPerWindow
-  // events a minute; the rest are only counted (certfleet_api_auth_failures_total).
-  log_.Warn("API authentication failed", {{"remote", request.remote}, {"reason", why}});
-  if (!event_limit_.TryAcquire(AddressOnly(request.remote))) {
-    sh::Status st = registry_.RecordSecurityEvent(
-        SecurityEvent{0, clock_.Now(), "api_auth_failed", subject, why + " (from " + request.remote + ")"});
-    if (!st.ok()) log_.Error("recording security event failed", {{"error", st.ToString()}});
-  }
+  RecordRefusal(request, "api_auth_failed", subject, why);
   ApiResponse r = JsonError(401, "unauthorized", "missing or invalid credentials");
   r.headers.emplace_back("WWW-Authenticate", "Bearer realm=\"certfleet\"");
   return r;
@@ -323,7 +335,7 @@ ApiService::ApiService(CompanionState& state, ApiServiceOptions options, const s
 void ApiService::AddRoutes() {
   using R = ApiRole;
   auto add = [this](std::string method, std::string pattern, std::optional<ApiRole> role, ApiHandler h) {
-    router_.Add(Route{std::move(method), std::move(pattern), role, std::move(h), nullptr});
+    router_.Add(Route{std::move(method), std::move(pattern), role, std::move(h)});
   };
   add("GET", "/things", R::kReadOnly, [this](auto& r, auto&, auto&) { return ListThings(r); });
   add("GET", "/things/{thingName}", R::kReadOnly, [this](auto&, auto& p, auto&) { return DescribeThing(p); });
@@ -383,19 +395,9 @@ ApiResponse ApiService::Handle(const ApiRequest& request) {
       }
       who = std::get<Principal>(auth);
       if (*m.route->min_role == ApiRole::kAdmin && who.role != ApiRole::kAdmin) {
-        sh::Status st = state_.registry->RecordSecurityEvent(
-            SecurityEvent{0, clock_.Now(), "api_forbidden", who.name,
-                          request.method + " " + request.path.substr(0, 200) + " needs the admin role (from " +
-                              request.remote + ")"});
-        if (!st.ok()) log_.Error("recording security event failed", {{"error", st.ToString()}});
+        auth_.RecordRefusal(request, "api_forbidden", who.name,
+                            request.method + " " + request.path.substr(0, 200) + " needs the admin role");
         return JsonError(403, "forbidden", "this needs the admin role");
-      }
-    }
-    if (m.route->limiter) {
-      if (auto wait = m.route->limiter->TryAcquire(m.route->method + " " + m.route->pattern)) {
-        ApiResponse r = JsonError(429, "rate_limited", "too many requests; retry after " + std::to_string(wait->count()) + "s");
-        r.headers.emplace_back("Retry-After", std::to_string(wait->count()));
-        return r;
       }
     }
     return m.route->handler(request, m.params, who);
@@ -421,7 +423,10 @@ ApiResponse ApiService::StartAudit(const ApiRequest& r, const Principal& who) {
     return res;
   }
   auto id = options_.audit->QueueAudit(*checks);
-  if (!id) return FromStatus(id.error(), log_);
+  if (!id) {
+    audit_limiter_->Release("start-audit");  // no audit ran: the slot is not used up
+    return FromStatus(id.error(), log_);
+  }
   log_.Info("audit requested", {{"task", *id}, {"by", who.name}});
   return Json(202, {{"taskId", *id}, {"taskStatus", "IN_PROGRESS"}});
 }
@@ -758,6 +763,9 @@ ApiResponse ApiService::ListEnrollmentTokens(const ApiRequest& r) {
   if (*cursor) {
     auto pos = DecodePositionCursor("enrollment-tokens", **cursor);
     if (!pos) return FromStatus(pos.error(), log_);
+    if (pos->key.size() > 18 || pos->key.find_first_not_of("0123456789") != std::string::npos) {
+      return JsonError(400, "bad_request", "malformed nextToken");
+    }
     before = *pos;
   }
   auto list = state_.registry->ListTokens(*limit + 1, before);
@@ -774,7 +782,7 @@ ApiResponse ApiService::ListEnrollmentTokens(const ApiRequest& r) {
     items.push_back(std::move(j));
   }
   json out = {{"enrollmentTokens", std::move(items)}};
-  if (more) out["nextToken"] = PositionCursor("enrollment-tokens", list->back().created_at, list->back().serial);
+  if (more) out["nextToken"] = PositionCursor("enrollment-tokens", list->back().created_at, list->back().position);
   return Json(200, out);
 }
 

@@ -66,6 +66,8 @@ class RateLimiter {
   // nullopt: accepted (and counted). Otherwise refused, with how long until a call would
   // be accepted (rounded up to whole seconds, at least 1).
   std::optional<std::chrono::seconds> TryAcquire(const std::string& key);
+  // Takes back the latest accepted call of `key` (the action it allowed did not happen).
+  void Release(const std::string& key);
 
  private:
   const shared::Clock& clock_;
@@ -86,8 +88,6 @@ struct Route {
   // The least role allowed; nullopt: no credentials needed at all.
   std::optional<ApiRole> min_role = ApiRole::kReadOnly;
   ApiHandler handler;
-  // Shared by every caller of this route (e.g. one audit start per 5 minutes fleet-wide).
-  std::shared_ptr<RateLimiter> limiter;
 };
 
 class Router {
@@ -116,6 +116,10 @@ class ApiAuthenticator {
   ApiAuthenticator(Registry& registry, const ApiConfig& config, const shared::Clock& clock, shared::Logger& log);
   // The principal, or the 401 response.
   std::variant<Principal, ApiResponse> Authenticate(const ApiRequest& request);
+  // Records a refused request as a security event of `kind` (and logs it), at most a
+  // few a minute per remote address; the rest are dropped (metrics still count them).
+  void RecordRefusal(const ApiRequest& request, std::string_view kind, const std::string& subject,
+                     const std::string& why);
 
  private:
   ApiResponse Unauthorized(const ApiRequest& request, const std::string& subject, const std::string& why);
@@ -147,8 +151,6 @@ class ApiService {
   ApiService(CompanionState& state, ApiServiceOptions options, const shared::Clock& clock, shared::Logger& log);
 
   ApiResponse Handle(const ApiRequest& request);
-  // Registers one more route (the audit endpoints, for one). Call before serving.
-  void AddRoute(Route route) { router_.Add(std::move(route)); }
   const Router& router() const { return router_; }
 
  private:

@@ -70,14 +70,7 @@ shared::Result<int64_t> ParseApiLimit(const std::optional<std::string>& text) {
 }
 
 std::string EncodeCursor(std::string_view kind, std::string_view key) {
-  std::string plain = std::string(kind) + ":" + std::string(key);
-  std::string b64 = shared::Base64EncodeLine(plain);
-  for (char& c : b64) {
-    if (c == '+') c = '-';
-    if (c == '/') c = '_';
-  }
-  while (!b64.empty() && b64.back() == '=') b64.pop_back();
-  return b64;
+  return shared::Base64UrlEncode(std::string(kind) + ":" + std::string(key));
 }
 
 shared::Result<std::string> DecodeCursor(std::string_view kind, std::string_view cursor) {
@@ -101,6 +94,19 @@ shared::Result<std::string> DecodeCursor(std::string_view kind, std::string_view
   std::string prefix = std::string(kind) + ":";
   if (plain->size() <= prefix.size() || plain->compare(0, prefix.size(), prefix) != 0) return bad();
   return plain->substr(prefix.size());
+}
+
+shared::Result<PositionKey> SplitPositionKey(std::string_view key) {
+  const size_t dot = key.find('.');
+  if (dot == std::string_view::npos || dot == 0 || dot > 18 || dot + 1 == key.size() ||
+      !std::all_of(key.begin(), key.begin() + static_cast<std::ptrdiff_t>(dot),
+                   [](unsigned char c) { return std::isdigit(c); })) {
+    return Error(Code::kInvalidArgument, "malformed nextToken");
+  }
+  PositionKey out;
+  for (size_t i = 0; i < dot; ++i) out.seconds = out.seconds * 10 + (key[i] - '0');
+  out.rest = std::string(key.substr(dot + 1));
+  return out;
 }
 
 shared::Result<int64_t> DecodeIntCursor(std::string_view kind, std::string_view cursor) {

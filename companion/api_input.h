@@ -29,6 +29,13 @@ std::string EncodeCursor(std::string_view kind, std::string_view key);
 shared::Result<std::string> DecodeCursor(std::string_view kind, std::string_view cursor);
 // A cursor whose key is a positive decimal integer (a row id).
 shared::Result<int64_t> DecodeIntCursor(std::string_view kind, std::string_view cursor);
+// The key of a newest-first list's cursor, "<unix seconds>.<rest>": 1-18 digits (so the
+// number fits int64_t), a dot, a non-empty rest. kInvalidArgument otherwise.
+struct PositionKey {
+  int64_t seconds = 0;
+  std::string rest;
+};
+shared::Result<PositionKey> SplitPositionKey(std::string_view key);
 
 // `len` lowercase hex digits.
 bool IsLowerHex(std::string_view s, size_t len);

@@ -114,10 +114,10 @@ sh::Result<std::string> ApiServer::Bind(const std::string& listen_override) {
 }
 
 Status ApiServer::Serve() {
-  if (!server_->listen_after_bind()) return Status(Code::kUnavailable, "API listener stopped with an error");
+  if (!static_cast<HttpsListener&>(*server_).Serve()) return Status(Code::kUnavailable, "API listener stopped with an error");
   return Status::Ok();
 }
 
-void ApiServer::Stop() { server_->stop(); }
+void ApiServer::Stop() { static_cast<HttpsListener&>(*server_).Stop(); }
 
 }  // namespace certfleet::companion

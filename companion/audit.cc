@@ -3,7 +3,6 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <openssl/rand.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -13,6 +12,7 @@
 #include "companion/audit_policy.h"
 #include "companion/broker_config.h"
 #include "companion/config.h"
+#include "companion/operations.h"
 #include "companion/rotation_coordinator.h"
 #include "shared/x509/cert.h"
 #include "shared/x509/key_facts.h"
@@ -27,16 +27,6 @@ using nlohmann::json;
 namespace {
 
 constexpr int64_t kPage = 500;
-
-std::string Hex(const unsigned char* p, size_t n) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < n; ++i) {
-    out += kDigits[p[i] >> 4];
-    out += kDigits[p[i] & 15];
-  }
-  return out;
-}
 
 std::string_view ReasonText(std::string_view code) {
   for (const auto& [c, text] : AuditReasonTexts()) {
@@ -174,11 +164,7 @@ AuditEngineOptions AuditOptionsFromConfig(const CompanionConfig& config) {
   return o;
 }
 
-Result<std::string> NewAuditTaskId() {
-  unsigned char buf[16];
-  if (RAND_bytes(buf, sizeof buf) != 1) return shared::Error(shared::OpenSslStatus(Code::kInternal, "RAND_bytes"));
-  return Hex(buf, sizeof buf);
-}
+Result<std::string> NewAuditTaskId() { return shared::RandomHex(16); }
 
 AuditEngine::AuditEngine(AuditEngineOptions options, Registry& registry, AuditStore& store, shared::Filesystem& fs,
                          const shared::Clock& clock, shared::Logger& log, AuditNotifier notifier)
@@ -204,6 +190,7 @@ Result<std::vector<std::string>> AuditEngine::ResolveChecks(const std::vector<st
     for (const AuditCheckSpec& spec : AuditChecks()) {
       if (options_.config.For(spec.name).enabled) checks.emplace_back(spec.name);
     }
+    if (checks.empty()) return shared::Error(Code::kInvalidArgument, "every check is disabled and none was named");
   }
   return checks;
 }
@@ -214,6 +201,7 @@ Result<std::string> AuditEngine::StartAudit(const std::vector<std::string>& requ
   }
   CF_ASSIGN_OR_RETURN(std::vector<std::string> checks, ResolveChecks(requested));
   std::lock_guard run(run_mu_);
+  CF_ASSIGN_OR_RETURN(std::unique_ptr<AuditRunLock> held, store_.TryLockRun());
   CF_ASSIGN_OR_RETURN(std::string id, NewAuditTaskId());
   CF_RETURN_IF_ERROR(store_.CreateTask(id, task_type, clock_.Now()));
   RunTask(id, checks);
@@ -234,7 +222,14 @@ Result<std::string> AuditEngine::QueueAudit(const std::vector<std::string>& requ
 }
 
 Status AuditEngine::FailInterruptedTasks() {
-  CF_ASSIGN_OR_RETURN(int64_t n, store_.FailUnfinishedTasks("the companion stopped before the audit ended",
+  // While another process holds the run lock its task is alive: leave every task alone.
+  auto held = store_.TryLockRun();
+  if (!held && held.error().code() == Code::kFailedPrecondition) {
+    log_.Info("another process is running an audit; unfinished tasks left as they are");
+    return Status::Ok();
+  }
+  if (!held) return held.error();
+  CF_ASSIGN_OR_RETURN(int64_t n, store_.FailUnfinishedTasks("the audit's process stopped before the audit ended",
                                                             clock_.Now()));
   if (n > 0) log_.Warn("interrupted audits marked FAILED", {{"count", std::to_string(n)}});
   return Status::Ok();
@@ -398,7 +393,12 @@ Status AuditEngine::Mitigate(const std::string& task_id) {
   bool any_action = false;
   for (const auto& [name, cfg] : options_.config.checks) any_action = any_action || !cfg.mitigations.empty();
   if (!any_action) return Status::Ok();
+  CF_ASSIGN_OR_RETURN(std::optional<AuditTask> task, store_.FindTask(task_id));
+  if (!task) return Status(Code::kNotFound, "no audit task " + task_id);
   bool quarantined = false;
+  // An action that was applied but could not be recorded fails the task, after the
+  // other findings had theirs: one busy write does not leave the rest unmitigated.
+  Status unrecorded;
   int64_t after = 0;
   for (;;) {
     CF_ASSIGN_OR_RETURN(std::vector<AuditFinding> page, store_.ListFindings(task_id, after, kPage));
@@ -409,18 +409,24 @@ Status AuditEngine::Mitigate(const std::string& task_id) {
       const AuditCheckConfig cfg = options_.config.For(f.check_name);
       for (const std::string& action : cfg.mitigations) {
         std::string detail;
-        Status st = ApplyAction(f, action, &detail, &quarantined);
+        Result<bool> applied = ApplyAction(f, task->started_at, action, &detail, &quarantined);
         MitigationRecord m;
         m.task_id = task_id;
         m.finding_id = f.id;
         m.action = action;
-        m.result = st.ok() ? (detail.rfind("skipped", 0) == 0 ? "SKIPPED" : "SUCCEEDED") : "FAILED";
-        m.detail = st.ok() ? detail : st.ToString();
+        m.result = !applied ? "FAILED" : (*applied ? "SUCCEEDED" : "SKIPPED");
+        m.detail = applied ? detail : applied.error().ToString();
         m.at = clock_.Now();
-        CF_RETURN_IF_ERROR(store_.RecordMitigation(m));
-        if (!st.ok()) {
+        if (!applied) {
           log_.Warn("audit mitigation failed", {{"task", task_id}, {"action", action}, {"resource", f.resource_id},
-                                                {"error", st.ToString()}});
+                                                {"error", applied.error().ToString()}});
+        }
+        Status rec = store_.RecordMitigation(m);
+        if (!rec.ok()) {
+          log_.Error("audit mitigation not recorded", {{"task", task_id}, {"action", action},
+                                                       {"resource", f.resource_id}, {"result", m.result},
+                                                       {"error", rec.ToString()}});
+          if (unrecorded.ok()) unrecorded = rec.WithContext("recording " + action + " for " + f.resource_id);
         }
       }
     }
@@ -429,66 +435,72 @@ Status AuditEngine::Mitigate(const std::string& task_id) {
     Status st = options_.quarantine_changed();
     if (!st.ok()) log_.Warn("broker quarantine update failed", {{"error", st.ToString()}});
   }
-  return Status::Ok();
+  return unrecorded;
 }
 
-Status AuditEngine::ApplyAction(const AuditFinding& f, std::string_view action, std::string* detail,
-                                bool* quarantined) {
+Result<bool> AuditEngine::ApplyAction(const AuditFinding& f, WallTime task_start, std::string_view action,
+                                      std::string* detail, bool* quarantined) {
   const WallTime now = clock_.Now();
+  const std::string why = f.check_name + " " + f.reason_code;
   if (action == kActionNotify) {
-    const json payload = FindingJson(f, now);
-    bool sent = false;
+    if (!notifier_.publish && !notifier_.hook) {
+      *detail = "skipped: no MQTT connection or post_audit hook";
+      return false;
+    }
+    const json payload = FindingJson(f, task_start);
+    std::vector<std::string> sent;
     if (notifier_.publish) {
       CF_RETURN_IF_ERROR(notifier_.publish(options_.config.notify_topic, payload.dump()));
-      sent = true;
+      sent.push_back("published on " + options_.config.notify_topic);
     }
     if (notifier_.hook) {
-      notifier_.hook(payload);
-      sent = true;
+      Status st = notifier_.hook(payload);
+      if (!st.ok()) return shared::Error(st.WithContext(sent.empty() ? "post_audit hook" : sent[0] + "; post_audit hook"));
+      sent.push_back("given to the post_audit hook");
     }
-    *detail = sent ? "notified" : "skipped: no MQTT connection or post_audit hook";
-    return Status::Ok();
+    *detail = sent[0] + (sent.size() > 1 ? "; " + sent[1] : "");
+    return true;
   }
   if (f.thing_name.empty()) {
     *detail = "skipped: the finding names no thing";
-    return Status::Ok();
+    return false;
   }
   if (action == kActionRotate) {
-    CF_ASSIGN_OR_RETURN(std::string id, NewRotationId());
-    RotationRecord r;
-    r.id = id;
-    r.thing_name = f.thing_name;
-    r.reason = "audit " + f.task_id + ": " + f.check_name + " " + f.reason_code;
-    if (r.reason.size() > 256) r.reason.resize(256);
-    r.created_at = now;
-    r.deadline = now + options_.config.rotation_deadline;
-    r.created_by = "audit";
-    Status st = registry_.CreateRotation(r);
-    if (st.code() == Code::kAlreadyExists) {
+    RotationConfig rc;
+    rc.default_deadline = options_.config.rotation_deadline;
+    std::string reason = "audit " + f.task_id + ": " + why;
+    if (reason.size() > 256) reason.resize(256);
+    auto r = CreateRotationRequest(registry_, rc, f.thing_name, std::move(reason), std::nullopt, "audit", now);
+    if (!r && r.error().code() == Code::kAlreadyExists) {
       *detail = "skipped: a rotation is already pending";
-      return Status::Ok();
+      return false;
     }
-    CF_RETURN_IF_ERROR(st);
-    *detail = "rotation " + id + " requested, deadline " + shared::FormatRfc3339(r.deadline);
-    return Status::Ok();
+    if (!r) return shared::Error(r.error());
+    *detail = "rotation " + r->id + " requested, deadline " + shared::FormatRfc3339(r->deadline);
+    return true;
   }
   if (action == kActionDeactivate) {
     if (f.resource_type != "DEVICE_CERTIFICATE") {
       *detail = "skipped: the finding names no device certificate";
-      return Status::Ok();
+      return false;
     }
-    CF_RETURN_IF_ERROR(registry_.SetCertStatus(f.resource_id, CertStatus::kInactive, now));
+    CF_RETURN_IF_ERROR(ChangeCertificateStatus(registry_, f.resource_id, CertStatus::kInactive, "audit:" + f.task_id,
+                                               why, now));
     *detail = "certificate " + f.resource_id + " INACTIVE";
-    return Status::Ok();
+    return true;
   }
   if (action == kActionQuarantine) {
-    CF_RETURN_IF_ERROR(registry_.SetQuarantine(f.thing_name, f.check_name + " " + f.reason_code,
-                                               "audit:" + f.task_id, now));
+    CF_ASSIGN_OR_RETURN(std::optional<ThingRecord> thing, registry_.FindThing(f.thing_name));
+    if (thing && thing->quarantined_at) {
+      *detail = "skipped: thing " + f.thing_name + " is already quarantined";
+      return false;
+    }
+    CF_RETURN_IF_ERROR(registry_.SetQuarantine(f.thing_name, why, "audit:" + f.task_id, now));
     *quarantined = true;
     *detail = "thing " + f.thing_name + " quarantined";
-    return Status::Ok();
+    return true;
   }
-  return Status(Code::kInvalidArgument, "unknown mitigation " + std::string(action));
+  return shared::Error(Code::kInvalidArgument, "unknown mitigation " + std::string(action));
 }
 
 Result<std::string> AuditEngine::WriteReport(const std::string& task_id, WallTime ended) {
@@ -515,14 +527,26 @@ Result<std::string> AuditEngine::WriteReport(const std::string& task_id, WallTim
     return out.Write(finding);
   }));
   CF_RETURN_IF_ERROR(out.Write("],\"mitigationActions\":["));
-  CF_ASSIGN_OR_RETURN(std::vector<MitigationRecord> actions, store_.ListMitigations(task_id, 100000));
-  for (size_t i = 0; i < actions.size(); ++i) {
-    if (i > 0) CF_RETURN_IF_ERROR(out.Write(","));
-    CF_RETURN_IF_ERROR(out.Write(MitigationJson(actions[i]).dump()));
-  }
+  first = true;
+  CF_RETURN_IF_ERROR(ForEachMitigation(task_id, [&](const MitigationRecord& m) -> Status {
+    const std::string item = (first ? "" : ",") + MitigationJson(m).dump();
+    first = false;
+    return out.Write(item);
+  }));
   CF_RETURN_IF_ERROR(out.Write("]}\n"));
   CF_RETURN_IF_ERROR(out.Commit());
   return path;
+}
+
+Status AuditEngine::ForEachMitigation(const std::string& task_id,
+                                      const std::function<Status(const MitigationRecord&)>& sink) {
+  int64_t after = 0;
+  for (;;) {
+    CF_ASSIGN_OR_RETURN(std::vector<MitigationRecord> page, store_.ListMitigations(task_id, after, kPage));
+    if (page.empty()) return Status::Ok();
+    after = page.back().id;
+    for (const MitigationRecord& m : page) CF_RETURN_IF_ERROR(sink(m));
+  }
 }
 
 void AuditEngine::Prune() {
@@ -557,8 +581,10 @@ Result<json> AuditEngine::AuditReportJson(const std::string& id) {
   }
   j["findings"] = std::move(findings);
   json actions = json::array();
-  CF_ASSIGN_OR_RETURN(std::vector<MitigationRecord> ms, store_.ListMitigations(id, 100000));
-  for (const auto& m : ms) actions.push_back(MitigationJson(m));
+  CF_RETURN_IF_ERROR(ForEachMitigation(id, [&](const MitigationRecord& m) {
+    actions.push_back(MitigationJson(m));
+    return Status::Ok();
+  }));
   j["mitigationActions"] = std::move(actions);
   if (!task->report_path.empty()) j["reportPath"] = task->report_path;
   return j;
@@ -634,6 +660,16 @@ void AuditEngine::Loop() {
   std::unique_lock lock(mu_);
   while (!stopping_) {
     if (!queue_.empty()) {
+      // Another process (certfleetctl) may be auditing: the queued task waits its turn,
+      // polling the lock once a second.
+      auto held = store_.TryLockRun();
+      if (!held) {
+        if (held.error().code() != Code::kFailedPrecondition) {
+          log_.Warn("audit lock unavailable", {{"error", held.error().ToString()}});
+        }
+        cv_.wait_for(lock, std::chrono::seconds(1), [this] { return stopping_; });
+        continue;
+      }
       auto [id, checks] = std::move(queue_.front());
       queue_.pop_front();
       lock.unlock();
@@ -641,6 +677,7 @@ void AuditEngine::Loop() {
         std::lock_guard run(run_mu_);
         RunTask(id, checks);
       }
+      held->reset();
       lock.lock();
       continue;
     }

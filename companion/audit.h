@@ -121,9 +121,18 @@ struct SqlCheckParams {
 };
 
 // The audit tables. Thread-safe.
+// Held while one audit runs; released when destroyed, or when its process dies.
+class AuditRunLock {
+ public:
+  virtual ~AuditRunLock() = default;
+};
+
 class AuditStore {
  public:
   virtual ~AuditStore() = default;
+  // One audit at a time per registry, across processes (the companion and certfleetctl's
+  // local mode): kFailedPrecondition while another holds the lock.
+  virtual Result<std::unique_ptr<AuditRunLock>> TryLockRun() = 0;
   // kAlreadyExists on a duplicate id.
   virtual Status CreateTask(const std::string& id, std::string_view task_type, shared::WallTime now) = 0;
   // Runs one database-backed check of the task in one transaction: its findings (marked
@@ -158,7 +167,9 @@ class AuditStore {
                                     const std::function<Status(std::string_view)>& sink) = 0;
   // kFailedPrecondition for a suppressed finding (a database trigger).
   virtual Status RecordMitigation(const MitigationRecord& record) = 0;
-  virtual Result<std::vector<MitigationRecord>> ListMitigations(const std::string& task_id, int64_t limit) = 0;
+  // Mitigations of a task in id order after `after_id`, at most `limit`.
+  virtual Result<std::vector<MitigationRecord>> ListMitigations(const std::string& task_id, int64_t after_id,
+                                                                int64_t limit) = 0;
   // The mitigations of findings with after_finding < finding id <= last_finding, in id order.
   virtual Result<std::vector<MitigationRecord>> ListMitigationsOfFindings(const std::string& task_id,
                                                                           int64_t after_finding,
@@ -183,7 +194,9 @@ Result<std::unique_ptr<AuditStore>> OpenSqliteAuditStore(const std::string& path
 // hook. Either may be empty.
 struct AuditNotifier {
   std::function<Status(const std::string& topic, const std::string& payload)> publish;
-  std::function<void(const nlohmann::json& input)> hook;
+  // Runs (or queues) the post_audit hook; an error (the hook failed, or its queue is
+  // full) makes the NOTIFY action FAILED.
+  std::function<Status(const nlohmann::json& input)> hook;
 };
 
 struct AuditEngineOptions {
@@ -206,10 +219,10 @@ class AuditEngine {
 
   // Runs an audit of `checks` (every enabled check when empty) now, to the end: findings,
   // report file, mitigations, retention pruning. Returns the task id; the task records
-  // whether it COMPLETED or FAILED. kInvalidArgument for an unknown check name.
+  // whether it COMPLETED or FAILED. kInvalidArgument for an unknown check name, or no check to run.
   Result<std::string> StartAudit(const std::vector<std::string>& checks, std::string_view task_type = kTaskOnDemand);
   // Creates the task (IN_PROGRESS) and returns its id at once; the audit runs on the
-  // engine's thread (Start must have been called). kInvalidArgument for an unknown check.
+  // engine's thread (Start must have been called). kInvalidArgument as for StartAudit.
   Result<std::string> QueueAudit(const std::vector<std::string>& checks);
   // Marks tasks a stopped companion left IN_PROGRESS as FAILED. Call once at start-up,
   // before Start, from the process that runs audits.
@@ -248,9 +261,12 @@ class AuditEngine {
   Status RunCaChecks(const std::string& task_id, const std::vector<std::string>& checks);
   Status RunPolicyCheck(const std::string& task_id);
   Status Mitigate(const std::string& task_id);
-  Status ApplyAction(const AuditFinding& finding, std::string_view action, std::string* detail,
-                     bool* quarantined);
+  // True: applied; false: skipped (`detail` says why); an error: FAILED.
+  Result<bool> ApplyAction(const AuditFinding& finding, shared::WallTime task_start, std::string_view action,
+                           std::string* detail, bool* quarantined);
   Result<std::string> WriteReport(const std::string& task_id, shared::WallTime ended);
+  // Every mitigation of the task in id order, a page at a time.
+  Status ForEachMitigation(const std::string& task_id, const std::function<Status(const MitigationRecord&)>& sink);
   void Prune();
   void Loop();
 

@@ -104,6 +104,9 @@ Status ApplyAuditCheckKey(const std::string& rest, const AuditCheckKeyValue& val
       if (a == kActionDeactivate && spec->resource_type != "DEVICE_CERTIFICATE") {
         return Status(Code::kInvalidArgument, a + " does not apply to " + name + " (it names no device certificate)");
       }
+      if (a == kActionDeactivate && name == kCheckRevokedStillActive) {
+        return Status(Code::kInvalidArgument, a + " does not apply to " + name + " (a revoked certificate stays revoked)");
+      }
     }
     c.mitigations = std::move(actions);
   } else {

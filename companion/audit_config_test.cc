@@ -124,6 +124,7 @@ TEST(AuditConfigTest, RejectsMalformedAuditInput) {
            "[audit.checks.CA_CERTIFICATE_EXPIRING_CHECK]\nmitigations = [\"ROTATE_DEVICE_CERTIFICATE\"]\n",
            "[audit.checks.AGENT_NOT_SEEN_CHECK]\nmitigations = [\"DEACTIVATE_DEVICE_CERTIFICATE\"]\n",
            "[audit.checks.REVOKED_DEVICE_CERTIFICATE_STILL_ACTIVE_CHECK]\nthreshold = \"1d\"\n",
+           "[audit.checks.REVOKED_DEVICE_CERTIFICATE_STILL_ACTIVE_CHECK]\nmitigations = [\"DEACTIVATE_DEVICE_CERTIFICATE\"]\n",
            "[audit.checks.DEVICE_CERTIFICATE_KEY_QUALITY_CHECK]\nmin_ec_bits = 64\n",
            "[audit.checks]\nDEVICE_CERTIFICATE_AGE_CHECK = true\n",
        }) {

@@ -72,6 +72,7 @@ class AuditTest : public ::testing::Test {
       published_.emplace_back(topic, payload);
       return Status::Ok();
     };
+    n.hook = hook_;
     options_.quarantine_changed = [this] {
       ++quarantine_pushes_;
       return Status::Ok();
@@ -149,6 +150,7 @@ class AuditTest : public ::testing::Test {
   std::unique_ptr<AuditEngine> engine_;
   std::vector<std::pair<std::string, std::string>> published_;
   int quarantine_pushes_ = 0;
+  std::function<Status(const json&)> hook_;  // the post_audit hook, when a test sets one
 };
 
 TEST_F(AuditTest, ExpiringCheckFindsApproachingAndPastExpiration) {
@@ -213,6 +215,20 @@ TEST_F(AuditTest, RevokedCertificateStillCurrentIsFound) {
   EXPECT_EQ(f[0].resource_id, revoked);
   EXPECT_EQ(f[0].reason_code, "CERTIFICATE_REVOKED_BY_ISSUER");
   EXPECT_TRUE(f[0].info["stillCurrent"].get<bool>());
+}
+
+// The usual remedy for a revoked identity (the device enrolls anew, by claim or token)
+// does not supersede the revoked row: the newer certificate of the thing is what says
+// the revoked one is no longer current.
+TEST_F(AuditTest, RevokedCertificateReplacedByANewerOneIsNotFound) {
+  const std::string revoked = Issue("gw-r", "1", kNow - Days(10), kNow + Days(60));
+  ASSERT_TRUE(registry_->SetCertStatus(revoked, CertStatus::kRevoked, kNow - Days(2)).ok());
+  Issue("gw-r", "2", kNow - Days(1), kNow + Days(90));
+  AuditTask t = Run({std::string(kCheckRevokedStillActive)});
+  const auto& s = Summary(t, kCheckRevokedStillActive);
+  EXPECT_EQ(s.total, 1);
+  EXPECT_EQ(s.non_compliant, 0);
+  EXPECT_EQ(s.run_status, "COMPLETED_COMPLIANT");
 }
 
 TEST_F(AuditTest, KeyQualityUsesFactsRecordedAtIssuance) {
@@ -280,7 +296,7 @@ TEST_F(AuditTest, SuppressedFindingsAreMarkedAndNotMitigated) {
   AuditTask t = Run({std::string(kCheckDeviceCertExpiring)});
   EXPECT_EQ(Summary(t, kCheckDeviceCertExpiring).non_compliant, 2);
   EXPECT_EQ(Summary(t, kCheckDeviceCertExpiring).suppressed, 1);
-  auto actions = store_->ListMitigations(t.id, 100);
+  auto actions = store_->ListMitigations(t.id, 0, 100);
   ASSERT_TRUE(actions);
   ASSERT_EQ(actions->size(), 1u);
   EXPECT_TRUE(registry_->FindPendingRotation("gw-b").value());
@@ -311,7 +327,7 @@ TEST_F(AuditTest, RotateMitigationCreatesAuditRotationWithDeadline) {
   EXPECT_EQ((*r)->deadline, kNow + Days(2));
   // A second audit finds the pending request and skips.
   AuditTask t2 = Run({std::string(kCheckDeviceCertExpiring)});
-  auto actions = store_->ListMitigations(t2.id, 10);
+  auto actions = store_->ListMitigations(t2.id, 0, 10);
   ASSERT_EQ(actions->size(), 1u);
   EXPECT_EQ((*actions)[0].result, "SKIPPED");
 }
@@ -321,7 +337,7 @@ TEST_F(AuditTest, DeactivateQuarantineAndNotifyMitigations) {
   options_.config.checks[std::string(kCheckDeviceCertExpiring)].mitigations = {
       std::string(kActionNotify), std::string(kActionQuarantine), std::string(kActionDeactivate)};
   AuditTask t = Run({std::string(kCheckDeviceCertExpiring)});
-  auto actions = store_->ListMitigations(t.id, 10);
+  auto actions = store_->ListMitigations(t.id, 0, 10);
   ASSERT_EQ(actions->size(), 3u);
   for (const auto& a : *actions) EXPECT_EQ(a.result, "SUCCEEDED") << a.action << ": " << a.detail;
   EXPECT_EQ(registry_->FindCert(id).value()->status, CertStatus::kInactive);
@@ -330,18 +346,66 @@ TEST_F(AuditTest, DeactivateQuarantineAndNotifyMitigations) {
   EXPECT_TRUE((*thing)->quarantined_at.has_value());
   EXPECT_EQ(quarantine_pushes_, 1);
   EXPECT_EQ(registry_->ListQuarantinedThings().value(), std::vector<std::string>{"gw-a"});
+  // Both actions are security events, as when an operator takes them (newest first).
   auto events = registry_->ListSecurityEvents(10);
-  ASSERT_FALSE(events->empty());
-  EXPECT_EQ(events->front().kind, "thing_quarantined");
+  ASSERT_EQ(events->size(), 2u);
+  EXPECT_EQ((*events)[0].kind, "certificate_deactivated");
+  EXPECT_EQ((*events)[0].subject, id);
+  EXPECT_NE((*events)[0].detail.find("audit:" + t.id), std::string::npos) << (*events)[0].detail;
+  EXPECT_EQ((*events)[1].kind, "thing_quarantined");
   ASSERT_EQ(published_.size(), 1u);
   EXPECT_EQ(published_[0].first, "certfleet/audit/findings");
   json payload = json::parse(published_[0].second);
   EXPECT_EQ(payload["checkName"], kCheckDeviceCertExpiring);
+  EXPECT_EQ(payload["taskStartTime"], shared::FormatRfc3339(t.started_at));
   EXPECT_EQ(payload["nonCompliantResource"]["resourceIdentifier"]["deviceCertificateId"], id);
   // Lifting the quarantine is recorded too.
   ASSERT_TRUE(registry_->SetQuarantine("gw-a", std::nullopt, "operator:test", kNow).ok());
   EXPECT_FALSE(registry_->FindThing("gw-a").value()->quarantined_at.has_value());
   EXPECT_EQ(registry_->ListSecurityEvents(1)->front().kind, "thing_unquarantined");
+}
+
+TEST_F(AuditTest, MitigationResultsSayWhatHappened) {
+  const std::string id = Issue("gw-a", "1", kNow - Days(10), kNow - Days(1));
+  ASSERT_TRUE(registry_->SetQuarantine("gw-a", "by hand", "operator:test", kNow).ok());
+  options_.config.checks[std::string(kCheckDeviceCertExpiring)].mitigations = {std::string(kActionQuarantine),
+                                                                                 std::string(kActionNotify)};
+  hook_ = [](const json&) { return Status(Code::kResourceExhausted, "post_audit hook queue full: run dropped"); };
+  AuditTask t = Run({std::string(kCheckDeviceCertExpiring)});
+  auto actions = store_->ListMitigations(t.id, 0, 10);
+  ASSERT_TRUE(actions);
+  ASSERT_EQ(actions->size(), 2u);
+  EXPECT_EQ((*actions)[0].action, kActionQuarantine);
+  EXPECT_EQ((*actions)[0].result, "SKIPPED") << "already quarantined: nothing was done";
+  EXPECT_EQ((*actions)[1].action, kActionNotify);
+  EXPECT_EQ((*actions)[1].result, "FAILED") << "a dropped hook run is not a notification";
+  EXPECT_NE((*actions)[1].detail.find("queue full"), std::string::npos) << (*actions)[1].detail;
+  EXPECT_EQ(quarantine_pushes_, 0);
+  // Paged in id order.
+  auto second = store_->ListMitigations(t.id, (*actions)[0].id, 10);
+  ASSERT_TRUE(second);
+  ASSERT_EQ(second->size(), 1u);
+  EXPECT_EQ((*second)[0].id, (*actions)[1].id);
+}
+
+TEST_F(AuditTest, OneAuditAtATimeAcrossProcesses) {
+  Issue("gw-a", "1", kNow - Days(10), kNow + Days(5));
+  // Another process's engine (certfleetctl's local mode) holds the run lock: its store is
+  // opened on the same file.
+  auto other = OpenSqliteAuditStore(path_);
+  ASSERT_TRUE(other);
+  auto held = (*other)->TryLockRun();
+  ASSERT_TRUE(held) << held.error().ToString();
+  ASSERT_TRUE(store_->CreateTask(std::string(32, 'a'), kTaskOnDemand, kNow).ok());  // its live task
+  auto refused = Engine().StartAudit({std::string(kCheckDeviceCertExpiring)});
+  ASSERT_FALSE(refused);
+  EXPECT_EQ(refused.error().code(), Code::kFailedPrecondition);
+  ASSERT_TRUE(engine_->FailInterruptedTasks().ok());
+  EXPECT_EQ(engine_->GetAuditTask(std::string(32, 'a')).value()->status, "IN_PROGRESS") << "a live task is left alone";
+  held->reset();
+  ASSERT_TRUE(engine_->FailInterruptedTasks().ok());
+  EXPECT_EQ(engine_->GetAuditTask(std::string(32, 'a')).value()->status, "FAILED") << "its process is gone";
+  EXPECT_TRUE(engine_->StartAudit({std::string(kCheckDeviceCertExpiring)}));
 }
 
 TEST_F(AuditTest, ReportFileIsTheReferenceShapeAndPrivate) {

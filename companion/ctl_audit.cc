@@ -70,9 +70,9 @@ sh::Result<std::unique_ptr<Local>> OpenLocal(const std::string& config_path, sh:
   local->hooks = std::move(hooks);
   if (local->hooks->post_audit) {
     local->runner = std::make_unique<HookRunner>(log, sh::SystemClock::Instance());
-    notifier.hook = [l = local.get(), &log](const json& input) {
+    notifier.hook = [l = local.get()](const json& input) -> Status {
       auto out = l->runner->Run(*l->hooks->post_audit, kHookEventPostAudit, input);
-      if (!out) log.Warn("post_audit hook failed", {{"error", out.error().ToString()}});
+      return out ? Status::Ok() : out.error();
     };
   }
   local->engine = std::make_unique<AuditEngine>(AuditOptionsFromConfig(local->state.config), *local->state.registry,

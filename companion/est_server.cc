@@ -97,10 +97,10 @@ sh::Result<std::string> EstServer::Bind() {
 }
 
 Status EstServer::Serve() {
-  if (!server_->listen_after_bind()) return Status(Code::kUnavailable, "EST listener stopped with an error");
+  if (!static_cast<HttpsListener&>(*server_).Serve()) return Status(Code::kUnavailable, "EST listener stopped with an error");
   return Status::Ok();
 }
 
-void EstServer::Stop() { server_->stop(); }
+void EstServer::Stop() { static_cast<HttpsListener&>(*server_).Stop(); }
 
 }  // namespace certfleet::companion

@@ -115,13 +115,8 @@ std::string TokenHash(std::string_view token) { return sh::Sha256Hex(token); }
 sh::Result<std::string> NewToken() {
   unsigned char bytes[32];
   if (RAND_bytes(bytes, sizeof bytes) != 1) return sh::Error(sh::OpenSslStatus(Code::kInternal, "RAND_bytes"));
-  std::string b64 = sh::Base64EncodeLine(std::string_view(reinterpret_cast<char*>(bytes), sizeof bytes));
+  std::string b64 = sh::Base64UrlEncode(std::string_view(reinterpret_cast<char*>(bytes), sizeof bytes));
   OPENSSL_cleanse(bytes, sizeof bytes);
-  for (char& c : b64) {
-    if (c == '+') c = '-';
-    if (c == '/') c = '_';
-  }
-  while (!b64.empty() && b64.back() == '=') b64.pop_back();
   return b64;
 }
 
@@ -510,6 +505,10 @@ sh::X509Ptr EstService::IssueAndRecordCert(const EstRequest& req, const std::str
   if (rec.event) rec.event->detail += ": new certificate " + info.id;
   Status st = state_.registry->RecordIssued(rec, now);
   if (!st.ok()) {
+    if (st.code() == Code::kPermissionDenied) {
+      refused = Reject(req, 403, "quarantined_thing", who, st.message());
+      return nullptr;
+    }
     if (st.code() == Code::kFailedPrecondition) {
       // Lost a race: the token was used, or the thing enrolled, since the check.
       refused = Reject(req, rec.token_hash ? 401 : 403, rec.token_hash ? "token_reused" : "thing_exists", who,

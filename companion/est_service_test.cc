@@ -428,6 +428,24 @@ TEST_F(EstServiceTest, ANewTokenReprovisionsAThing) {
   EXPECT_EQ((*things)[0].current_cert_id, sh::CertFingerprint(second.get()));
 }
 
+// A quarantine holds whatever the path: a fresh token for the thing gets no certificate
+// either, and the token stays unused.
+TEST_F(EstServiceTest, QuarantinedThingGetsNothingFromANewToken) {
+  auto key = NewKey();
+  ASSERT_TRUE(EnrollWithToken("gw-1", key.get()));
+  ASSERT_TRUE(state_->registry->SetQuarantine("gw-1", std::string("audit finding"), "test", clock_.Now()).ok());
+  std::string token = MakeToken("gw-1");
+  auto key2 = NewKey();
+  auto refused = Handle(Post("simpleenroll", CsrBody(key2.get(), "gw-1"), Basic("gw-1", token)));
+  EXPECT_EQ(refused.status, 403);
+  EXPECT_NE(refused.body.find("quarantined"), std::string::npos) << refused.body;
+  EXPECT_TRUE(HasEvent("quarantined_thing"));
+  EXPECT_EQ(CountCerts(), 1u);
+  ASSERT_TRUE(state_->registry->SetQuarantine("gw-1", std::nullopt, "test", clock_.Now()).ok());
+  EXPECT_TRUE(Issued(Handle(Post("simpleenroll", CsrBody(key2.get(), "gw-1"), Basic("gw-1", token)))))
+      << "the token was not used up by the refusal";
+}
+
 TEST_F(EstServiceTest, ReusedTokenIs401AndRecorded) {
   auto key = NewKey();
   std::string token = MakeToken("gw-1");

@@ -38,16 +38,17 @@ PostHookQueue::~PostHookQueue() {
   thread_.join();
 }
 
-void PostHookQueue::Post(const HookSpec& spec, std::string_view event, nlohmann::json input) {
+bool PostHookQueue::Post(const HookSpec& spec, std::string_view event, nlohmann::json input) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (queue_.size() < capacity_) {
       queue_.push_back(Item{&spec, std::string(event), std::move(input)});
       wake_.notify_one();
-      return;
+      return true;
     }
   }
   log_.Error("post-hook dropped: queue full", {{"event", std::string(event)}, {"capacity", std::to_string(capacity_)}});
+  return false;
 }
 
 void PostHookQueue::Drain() {

@@ -47,7 +47,8 @@ class PostHookQueue {
   PostHookQueue(const PostHookQueue&) = delete;
   PostHookQueue& operator=(const PostHookQueue&) = delete;
 
-  void Post(const HookSpec& spec, std::string_view event, nlohmann::json input);
+  // False when the queue was full and the run was dropped (and logged).
+  bool Post(const HookSpec& spec, std::string_view event, nlohmann::json input);
   // Blocks until every run queued before the call has finished.
   void Drain();
 

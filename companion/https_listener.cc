@@ -3,7 +3,9 @@
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include "shared/x509/cert.h"
 #include "shared/x509/openssl_error.h"
@@ -14,6 +16,20 @@ namespace sh = shared;
 using sh::Code;
 
 bool HttpsListener::WidenBacklog() { return ::listen(svr_sock_, SOMAXCONN) == 0; }
+
+bool HttpsListener::Serve() {
+  serving_ = true;
+  // Either Stop() sees serving_ (and waits for the loop), or this sees its request.
+  const bool ok = stop_requested_ || listen_after_bind();
+  serving_ = false;
+  return ok;
+}
+
+void HttpsListener::Stop() {
+  stop_requested_ = true;
+  while (serving_ && !is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  stop();
+}
 
 void OnlyReuseAddr(int sock) {
   int yes = 1;

@@ -6,6 +6,7 @@
 #include <httplib.h>
 #include <openssl/ssl.h>
 
+#include <atomic>
 #include <string>
 #include <string_view>
 
@@ -16,11 +17,23 @@ namespace certfleet::companion {
 // httplib's listener with two things the packaged library does not let us configure: a
 // listen backlog that does not drop connection bursts (it is compiled in as 5), and no
 // SO_REUSEPORT (which would let a second server share, and silently split, the port).
+//
+// And a stop that is never lost: httplib's stop() does nothing until the listen loop has
+// started, so a SIGTERM that arrives between bind and listen would leave Serve() running
+// for ever. Serve/Stop may be called from different threads, in either order.
 class HttpsListener final : public httplib::SSLServer {
  public:
   using httplib::SSLServer::SSLServer;
   // After bind: a second listen() on a listening socket resizes its backlog.
   bool WidenBacklog();
+  // listen_after_bind, unless Stop() came first. False when the loop failed.
+  bool Serve();
+  // Ends Serve(): waits (milliseconds) for its loop to start if it is about to, then stops it.
+  void Stop();
+
+ private:
+  std::atomic<bool> serving_{false};
+  std::atomic<bool> stop_requested_{false};
 };
 
 // The socket options the listeners set: SO_REUSEADDR only (set_socket_options).

@@ -155,7 +155,8 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
   }
   if (hook_set->post_audit) {
     audit_notifier.hook = [&audit_hooks, &hook_set](const nlohmann::json& input) {
-      audit_hooks.Post(*hook_set->post_audit, cf::companion::kHookEventPostAudit, input);
+      if (audit_hooks.Post(*hook_set->post_audit, cf::companion::kHookEventPostAudit, input)) return sh::Status::Ok();
+      return sh::Status(sh::Code::kResourceExhausted, "post_audit hook queue full: run dropped");
     };
   }
   cf::companion::AuditEngineOptions audit_options = cf::companion::AuditOptionsFromConfig(*cfg);
@@ -222,7 +223,11 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
     log.Info("operator API listening", {{"address", *api_bound}, {"client_ca", cfg->api.client_ca_file}});
     api_thread = std::thread([&] {
       sh::Status st = api_server->Serve();
-      if (!st.ok()) log.Error("operator API listener failed", {{"error", st.ToString()}});
+      if (!st.ok()) {
+        // The listener failed on its own: stop the companion (systemd restarts it).
+        log.Error("operator API listener failed", {{"error", st.ToString()}});
+        kill(getpid(), SIGTERM);
+      }
     });
   }
 

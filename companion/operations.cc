@@ -31,13 +31,17 @@ shared::Result<RotationRecord> CreateRotationRequest(Registry& registry, const R
                                                      std::optional<std::chrono::seconds> deadline,
                                                      const std::string& created_by, WallTime now) {
   if (!IsValidThingName(thing)) return Error(Code::kInvalidArgument, "invalid thing name");
+  const std::chrono::seconds within = deadline.value_or(config.default_deadline);
+  if (within.count() <= 0 || within > kMaxRotationDeadline) {
+    return Error(Code::kInvalidArgument, "deadline must be positive and at most " + shared::FormatDuration(kMaxRotationDeadline));
+  }
   CF_ASSIGN_OR_RETURN(std::string id, NewRotationId());
   RotationRecord r;
   r.id = id;
   r.thing_name = thing;
   r.reason = reason.empty() ? "operator" : std::move(reason);
   r.created_at = now;
-  r.deadline = now + deadline.value_or(config.default_deadline);
+  r.deadline = now + within;
   r.created_by = created_by;
   CF_RETURN_IF_ERROR(registry.CreateRotation(r));
   return r;

@@ -22,9 +22,13 @@ shared::Result<NewEnrollmentToken> CreateEnrollmentToken(Registry& registry, con
                                                          const std::string& serial,
                                                          std::optional<std::chrono::seconds> ttl, WallTime now);
 
+// The longest rotation deadline, as for rotation.default_deadline.
+inline constexpr std::chrono::seconds kMaxRotationDeadline = std::chrono::hours(24 * 365);
+
 // A PENDING rotation request for `thing`, deadline now + `deadline` (default
 // rotation.default_deadline), reason default "operator". Codes of Registry::CreateRotation
-// (kNotFound: unknown thing, kAlreadyExists: one is pending), kInvalidArgument for a bad name.
+// (kNotFound: unknown thing, kAlreadyExists: one is pending), kInvalidArgument for a bad
+// name or a deadline that is not positive or exceeds kMaxRotationDeadline.
 shared::Result<RotationRecord> CreateRotationRequest(Registry& registry, const RotationConfig& config,
                                                      const std::string& thing, std::string reason,
                                                      std::optional<std::chrono::seconds> deadline,

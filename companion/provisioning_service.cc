@@ -237,6 +237,7 @@ Result<std::string> ProvisioningService::Register(const sh::ProvisioningTopic& t
   auto activated = state_.registry->ActivatePending(token_hash, reg, now);
   if (!activated) {
     if (activated.error().code() == Code::kAlreadyExists) return fail(sh::kThingAlreadyProvisioned, activated.error().message());
+    if (activated.error().code() == Code::kPermissionDenied) return fail(sh::kAccessDenied, activated.error().message());
     if (activated.error().code() == Code::kFailedPrecondition) {
       return fail(sh::kInvalidCertificateOwnershipToken, activated.error().message());
     }

@@ -17,6 +17,7 @@
 
 #include "shared/core/clock.h"
 #include "shared/core/status.h"
+#include "shared/wire/topics.h"
 
 namespace certfleet::companion {
 
@@ -24,10 +25,8 @@ using shared::Result;
 using shared::Status;
 using shared::WallTime;
 
-// A thing name (also a token serial and a certificate CN): 1-64 characters of
-// A-Z a-z 0-9 - _ . :, and not starting with "certfleet-", which names the
-// companion's own identities (its MQTT client, for one).
-bool IsValidThingName(std::string_view name);
+// A thing name (also a token serial and a certificate CN): shared/wire/topics.h.
+using shared::IsValidThingName;
 
 enum class CertStatus { kPendingActivation, kActive, kInactive, kRevoked };
 std::string_view CertStatusName(CertStatus s);
@@ -72,6 +71,7 @@ struct TokenRecord {
   WallTime created_at;
   WallTime expires_at;
   std::optional<WallTime> used_at;
+  std::string position;  // ListTokens: the page key after this token (serials repeat)
 };
 
 struct SecurityEvent {
@@ -350,7 +350,7 @@ class Registry {
   virtual Result<CertPage> ListCertsPage(const CertFilter& filter, int64_t limit) = 0;
   virtual Result<EventPage> ListSecurityEventsPage(const EventFilter& filter, int64_t limit) = 0;
   // Enrollment tokens, newest first (hashes are not returned: TokenRecord has none).
-  // Newest first; with `before`, only the tokens after that position.
+  // With `before` (created_at and a record's `position`), only the tokens after it.
   virtual Result<std::vector<TokenRecord>> ListTokens(int64_t limit,
                                                       const std::optional<ListPosition>& before = std::nullopt) = 0;
   virtual Result<FleetCounts> CountFleet(WallTime now) = 0;

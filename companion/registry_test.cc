@@ -190,6 +190,27 @@ TEST_F(RegistryTest, RecordIssuedCreatesThingAndCert) {
   EXPECT_FALSE(*missing);
 }
 
+TEST_F(RegistryTest, QuarantinedThingGetsNoCertificate) {
+  ASSERT_TRUE(reg_->RecordIssued(Plain(MakeCert("gw-1", "0A01")), kNow).ok());
+  ASSERT_TRUE(reg_->SetQuarantine("gw-1", std::string("finding"), "test", kNow).ok());
+  Status st = reg_->RecordIssued(Plain(MakeCert("gw-1", "0A02", kNow + seconds(1))), kNow + seconds(1));
+  EXPECT_EQ(st.code(), Code::kPermissionDenied) << st.ToString();
+  EXPECT_NE(st.message().find("quarantined"), std::string::npos);
+  EXPECT_FALSE(Find(HexId("cert:0A02")));
+  // The database holds the rule for any writer.
+  {
+    RawDb raw(path_);
+    ASSERT_TRUE(raw.ok());
+    EXPECT_NE(raw.Exec("INSERT INTO certificates(id, thing_name, serial, subject, not_before, not_after, issued_at, "
+                       "status, source, pem) VALUES ('" + HexId("raw") + "', 'gw-1', '0A03', 'CN=gw-1', 1, 2, 1, "
+                       "'ACTIVE', 'raw', 'pem')"),
+              SQLITE_OK);
+    EXPECT_NE(raw.last_error().find("quarantined"), std::string::npos) << raw.last_error();
+  }
+  ASSERT_TRUE(reg_->SetQuarantine("gw-1", std::nullopt, "test", kNow).ok());
+  EXPECT_TRUE(reg_->RecordIssued(Plain(MakeCert("gw-1", "0A02", kNow + seconds(1))), kNow + seconds(1)).ok());
+}
+
 TEST_F(RegistryTest, DataSurvivesReopen) {
   CertRecord c = MakeCert("gw-1", "0A01");
   ASSERT_TRUE(reg_->RecordIssued(Plain(c), kNow).ok());

@@ -1,6 +1,5 @@
 #include "companion/rotation_coordinator.h"
 
-#include <openssl/rand.h>
 
 #include "companion/broker_config.h"
 #include "companion/broker_plugin/quarantine_list.h"
@@ -22,23 +21,9 @@ constexpr size_t kMaxQueuedAcks = 10000;
 constexpr int64_t kMaxRequestsPerPass = 100000;
 constexpr std::string_view kAckRejected = "rotation_ack_rejected";
 
-std::string Hex(const unsigned char* p, size_t n) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  for (size_t i = 0; i < n; ++i) {
-    out += kDigits[p[i] >> 4];
-    out += kDigits[p[i] & 0xf];
-  }
-  return out;
-}
-
 }  // namespace
 
-Result<std::string> NewRotationId() {
-  unsigned char buf[sh::kRotationIdLength / 2];
-  if (RAND_bytes(buf, sizeof buf) != 1) return sh::Error(sh::OpenSslStatus(Code::kInternal, "RAND_bytes"));
-  return Hex(buf, sizeof buf);
-}
+Result<std::string> NewRotationId() { return sh::RandomHex(sh::kRotationIdLength / 2); }
 
 Status MqttRotationPublisher::Publish(const std::string& topic, std::string_view payload, bool retain) {
   return client_.Publish(topic, payload, 1, retain, kPublishTimeout);

@@ -2,10 +2,18 @@
 // The database-backed checks are single INSERT ... SELECT statements over covering
 // indexes: the rows never pass through this process, so an audit of a million
 // certificates uses the memory of one statement.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <utility>
 
+#include "companion/api_input.h"
 #include "companion/audit.h"
 #include "shared/sqlite/sqlite.h"
 
@@ -53,13 +61,19 @@ const std::vector<CheckSql>& SqlChecks() {
        "FROM certificates INDEXED BY certificates_audit_age "
        "WHERE status = 'ACTIVE' AND superseded_by IS NULL AND activated_at < ?3",
        kCurrentTotal},
+      // "Still current": nothing replaced it (superseded_by is set only when an ACTIVE
+      // certificate is replaced) and no certificate was issued to the thing after it (a
+      // revoked device re-provisioned or re-enrolled with a token).
       {kCheckRevokedStillActive,
        "SELECT id, thing_name, 'CERTIFICATE_REVOKED_BY_ISSUER', "
        "json_object('thingName', thing_name, 'revokedAt', strftime('%Y-%m-%dT%H:%M:%SZ', status_changed_at, 'unixepoch'), "
-       "'stillCurrent', json(CASE WHEN superseded_by IS NULL THEN 'true' ELSE 'false' END), "
+       "'stillCurrent', json(CASE WHEN still_current THEN 'true' ELSE 'false' END), "
        "'provenAfterRevocation', json(CASE WHEN proven_at > status_changed_at THEN 'true' ELSE 'false' END)) "
-       "FROM certificates INDEXED BY certificates_audit_revoked WHERE status = 'REVOKED' AND not_after > ?2 "
-       "AND (superseded_by IS NULL OR proven_at > status_changed_at)",
+       "FROM (SELECT id, thing_name, status_changed_at, proven_at, superseded_by IS NULL AND NOT EXISTS ("
+       "SELECT 1 FROM certificates n INDEXED BY certificates_by_thing WHERE n.thing_name = r.thing_name "
+       "AND n.rowid > r.rowid AND n.status <> 'PENDING_ACTIVATION') AS still_current "
+       "FROM certificates r INDEXED BY certificates_audit_revoked WHERE r.status = 'REVOKED' AND r.not_after > ?2) "
+       "WHERE still_current OR proven_at > status_changed_at",
        "SELECT COUNT(*) FROM certificates INDEXED BY certificates_audit_revoked "
        "WHERE status = 'REVOKED' AND not_after > ?2"},
       {kCheckDeviceKeyQuality,
@@ -159,23 +173,41 @@ AuditFinding ReadFinding(const Statement& st) {
 
 // "<started_at>.<id>": the position after which the next page starts.
 bool ParseCursor(const std::string& cursor, int64_t* started_at, std::string* id) {
-  const size_t dot = cursor.find('.');
-  if (dot == std::string::npos || dot == 0 || dot > 19 || cursor.size() - dot - 1 != 32) return false;
-  int64_t v = 0;
-  for (size_t i = 0; i < dot; ++i) {
-    if (cursor[i] < '0' || cursor[i] > '9') return false;
-    v = v * 10 + (cursor[i] - '0');
-  }
-  const std::string rest = cursor.substr(dot + 1);
-  if (rest.find_first_not_of("0123456789abcdef") != std::string::npos) return false;
-  *started_at = v;
-  *id = rest;
+  auto pos = SplitPositionKey(cursor);
+  if (!pos || !IsLowerHex(pos->rest, 32)) return false;
+  *started_at = pos->seconds;
+  *id = std::move(pos->rest);
   return true;
 }
 
+// An exclusive flock on "<registry>.audit-lock". The file is opened read-only (flock
+// needs no write access), so certfleetctl run as root and the companion's own user can
+// both take it whoever created it.
+class FlockRunLock final : public AuditRunLock {
+ public:
+  explicit FlockRunLock(int fd) : fd_(fd) {}
+  ~FlockRunLock() override { ::close(fd_); }
+
+ private:
+  int fd_;
+};
+
 class SqliteAuditStore final : public AuditStore {
  public:
-  explicit SqliteAuditStore(Database db) : db_(std::move(db)) {}
+  SqliteAuditStore(Database db, std::string lock_path) : db_(std::move(db)), lock_path_(std::move(lock_path)) {}
+
+  Result<std::unique_ptr<AuditRunLock>> TryLockRun() override {
+    const int fd = ::open(lock_path_.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0) return shared::Error(Code::kUnavailable, "open " + lock_path_ + ": " + std::strerror(errno));
+    (void)::fchmod(fd, 0644);  // readable by both whatever the creator's umask (fails harmlessly if not ours)
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      const int err = errno;
+      ::close(fd);
+      if (err == EWOULDBLOCK) return shared::Error(Code::kFailedPrecondition, "another audit is running");
+      return shared::Error(Code::kUnavailable, "flock " + lock_path_ + ": " + std::strerror(err));
+    }
+    return std::unique_ptr<AuditRunLock>(std::make_unique<FlockRunLock>(fd));
+  }
 
   Status CreateTask(const std::string& id, std::string_view task_type, WallTime now) override {
     std::lock_guard lock(mu_);
@@ -366,12 +398,13 @@ class SqliteAuditStore final : public AuditStore {
     return st;
   }
 
-  Result<std::vector<MitigationRecord>> ListMitigations(const std::string& task_id, int64_t limit) override {
+  Result<std::vector<MitigationRecord>> ListMitigations(const std::string& task_id, int64_t after_id,
+                                                        int64_t limit) override {
     std::lock_guard lock(mu_);
     CF_ASSIGN_OR_RETURN(Statement q, db_.Prepare(
-        "SELECT id, task_id, finding_id, action, result, detail, at FROM mitigation_actions WHERE task_id = ?1 "
-        "ORDER BY id LIMIT ?2"));
-    q.Bind(1, task_id).Bind(2, limit);
+        "SELECT id, task_id, finding_id, action, result, detail, at FROM mitigation_actions "
+        "INDEXED BY mitigation_actions_by_task WHERE task_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"));
+    q.Bind(1, task_id).Bind(2, after_id).Bind(3, limit);
     std::vector<MitigationRecord> out;
     for (;;) {
       CF_ASSIGN_OR_RETURN(bool row, q.Step());
@@ -571,6 +604,7 @@ class SqliteAuditStore final : public AuditStore {
 
   std::mutex mu_;
   Database db_;
+  const std::string lock_path_;
 };
 
 }  // namespace
@@ -579,7 +613,7 @@ Result<std::unique_ptr<AuditStore>> OpenSqliteAuditStore(const std::string& path
   CF_ASSIGN_OR_RETURN(Database db, Database::Open(path));
   CF_ASSIGN_OR_RETURN(Statement probe, db.Prepare("SELECT 1 FROM audit_tasks LIMIT 1"));
   (void)probe;
-  return std::unique_ptr<AuditStore>(std::make_unique<SqliteAuditStore>(std::move(db)));
+  return std::unique_ptr<AuditStore>(std::make_unique<SqliteAuditStore>(std::move(db), path + ".audit-lock"));
 }
 
 }  // namespace certfleet::companion

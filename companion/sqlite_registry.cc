@@ -20,13 +20,6 @@ using shared::Database;
 using shared::Statement;
 using shared::Transaction;
 
-bool IsValidThingName(std::string_view s) {
-  if (s.empty() || s.size() > 64 || s.rfind("certfleet-", 0) == 0) return false;
-  return std::all_of(s.begin(), s.end(), [](unsigned char c) {
-    return std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == ':';
-  });
-}
-
 std::string_view CertStatusName(CertStatus s) {
   switch (s) {
     case CertStatus::kPendingActivation: return "PENDING_ACTIVATION";
@@ -261,6 +254,9 @@ CREATE INDEX certificates_audit_weak ON certificates(thing_name, id)
   WHERE status = 'ACTIVE' AND (roca = 1 OR sig_hash IN ('MD2', 'MD4', 'MD5', 'SHA1')
                                OR key_type NOT IN ('RSA', 'EC', 'ED25519', 'ED448'));
 CREATE INDEX certificates_audit_keysize ON certificates(key_type, key_bits) WHERE status = 'ACTIVE';
+-- The rows whose key facts are still to be derived (BackfillKeyFacts): empty once done,
+-- so that opening the registry does not scan the table to find nothing.
+CREATE INDEX certificates_key_facts_missing ON certificates(id) WHERE key_type IS NULL;
 
 ALTER TABLE things ADD COLUMN last_seen_at INTEGER;
 ALTER TABLE things ADD COLUMN quarantined_at INTEGER;
@@ -268,6 +264,10 @@ ALTER TABLE things ADD COLUMN quarantine_reason TEXT CHECK (quarantine_reason IS
 CREATE TRIGGER quarantine_needs_reason BEFORE UPDATE OF quarantined_at ON things
   WHEN NEW.quarantined_at IS NOT NULL AND NEW.quarantine_reason IS NULL
   BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: a quarantine has a reason'); END;
+-- A quarantined thing gets no new certificate, whoever writes it.
+CREATE TRIGGER certificates_quarantine BEFORE INSERT ON certificates
+  WHEN (SELECT quarantined_at FROM things WHERE name = NEW.thing_name) IS NOT NULL
+  BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: the thing is quarantined'); END;
 
 CREATE TABLE audit_tasks (
   id          TEXT PRIMARY KEY CHECK (length(id) = 32 AND id NOT GLOB '*[^0-9a-f]*'),
@@ -457,6 +457,7 @@ class SqliteRegistry final : public Registry {
       }
     }
 
+    CF_RETURN_IF_ERROR(RefuseQuarantinedLocked(c.thing_name));
     CF_ASSIGN_OR_RETURN(StatementLease thing, Use(
         "INSERT INTO things(name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING"));
     thing->Bind(1, c.thing_name).Bind(2, Secs(now));
@@ -643,6 +644,17 @@ class SqliteRegistry final : public Registry {
     return out;
   }
 
+  // kPermissionDenied when `name` is a quarantined thing: it gets no certificate by any
+  // path (EST, CVM, fleet provisioning) until an operator lifts the quarantine. The
+  // certificates_quarantine trigger holds the same rule for any other writer.
+  Status RefuseQuarantinedLocked(const std::string& name) {
+    CF_ASSIGN_OR_RETURN(StatementLease q, Use("SELECT 1 FROM things WHERE name = ?1 AND quarantined_at IS NOT NULL"));
+    q->Bind(1, name);
+    CF_ASSIGN_OR_RETURN(bool quarantined, q->Step());
+    if (quarantined) return Status(Code::kPermissionDenied, "thing '" + name + "' is quarantined");
+    return Status::Ok();
+  }
+
   // Derives the key facts of certificates recorded before the audit columns existed,
   // in batches of one transaction each.
   Status BackfillKeyFacts() {
@@ -650,7 +662,8 @@ class SqliteRegistry final : public Registry {
     for (;;) {
       std::vector<std::pair<std::string, std::string>> batch;
       {
-        CF_ASSIGN_OR_RETURN(StatementLease q, Use("SELECT id, pem FROM certificates WHERE key_type IS NULL LIMIT 500"));
+        CF_ASSIGN_OR_RETURN(StatementLease q, Use(
+            "SELECT id, pem FROM certificates INDEXED BY certificates_key_facts_missing WHERE key_type IS NULL LIMIT 500"));
         for (;;) {
           CF_ASSIGN_OR_RETURN(bool row, q->Step());
           if (!row) break;
@@ -714,6 +727,7 @@ class SqliteRegistry final : public Registry {
     std::lock_guard lock(mu_);
     CF_ASSIGN_OR_RETURN(Transaction tx, Transaction::Begin(db_));
     CF_ASSIGN_OR_RETURN(PendingCert p, FindPendingLocked(token_hash, now));
+    CF_RETURN_IF_ERROR(RefuseQuarantinedLocked(reg.thing_name));
 
     CF_ASSIGN_OR_RETURN(StatementLease thing, Use(
         "INSERT INTO things(name, created_at, attributes, groups, thing_type, policy_name) VALUES (?1, ?2, ?3, ?4, ?5, ?6) "
@@ -946,20 +960,27 @@ class SqliteRegistry final : public Registry {
   Result<std::vector<TokenRecord>> ListTokens(int64_t limit, const std::optional<ListPosition>& before) override {
     std::lock_guard lock(mu_);
     CF_ASSIGN_OR_RETURN(StatementLease q, Use(
-        "SELECT serial, created_at, expires_at, used_at FROM enrollment_tokens "
-        "WHERE ?2 IS NULL OR created_at < ?2 OR (created_at = ?2 AND serial < ?3) "
-        "ORDER BY created_at DESC, serial DESC LIMIT ?1"));
+        "SELECT serial, created_at, expires_at, used_at, rowid FROM enrollment_tokens "
+        "WHERE ?2 IS NULL OR created_at < ?2 OR (created_at = ?2 AND rowid < ?3) "
+        "ORDER BY created_at DESC, rowid DESC LIMIT ?1"));
     q->Bind(1, limit);
     if (before) {
-      q->Bind(2, Secs(before->time)).Bind(3, before->key);
+      // The position is the rowid of the last token shown; anything else finds nothing.
+      int64_t row = 0;
+      const std::string& k = before->key;
+      if (k.empty() || k.size() > 18 || k.find_first_not_of("0123456789") != std::string::npos) {
+        return std::vector<TokenRecord>{};
+      }
+      for (char c : k) row = row * 10 + (c - '0');
+      q->Bind(2, Secs(before->time)).Bind(3, row);
     } else {
-      q->BindNull(2).Bind(3, "");
+      q->BindNull(2).Bind(3, int64_t{0});
     }
     std::vector<TokenRecord> out;
     for (;;) {
       CF_ASSIGN_OR_RETURN(bool row, q->Step());
       if (!row) break;
-      TokenRecord t{q->Text(0), Wall(q->Int(1)), Wall(q->Int(2)), std::nullopt};
+      TokenRecord t{q->Text(0), Wall(q->Int(1)), Wall(q->Int(2)), std::nullopt, std::to_string(q->Int(4))};
       if (!q->IsNull(3)) t.used_at = Wall(q->Int(3));
       out.push_back(std::move(t));
     }

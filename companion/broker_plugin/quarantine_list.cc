@@ -2,25 +2,13 @@
 
 #include <nlohmann/json.hpp>
 
+#include "shared/wire/topics.h"
+
 namespace certfleet::broker_plugin {
 
 using nlohmann::json;
 using shared::Code;
 using shared::Error;
-
-namespace {
-
-bool IsThingName(const std::string& s) {
-  if (s.empty() || s.size() > 64) return false;
-  for (char c : s) {
-    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
-                    c == '.' || c == ':' || c == '-';
-    if (!ok) return false;
-  }
-  return true;
-}
-
-}  // namespace
 
 shared::Result<QuarantineList> ParseQuarantineList(std::string_view text) {
   if (text.size() > kMaxQuarantineListBytes) return Error(Code::kInvalidArgument, "quarantine list too large");
@@ -47,7 +35,7 @@ shared::Result<QuarantineList> ParseQuarantineList(std::string_view text) {
   out.things.reserve(things->size());
   for (size_t i = 0; i < things->size(); ++i) {
     const json& v = (*things)[i];
-    if (!v.is_string() || !IsThingName(v.get_ref<const std::string&>())) {
+    if (!v.is_string() || !shared::IsValidThingName(v.get_ref<const std::string&>())) {
       return Error(Code::kInvalidArgument, "quarantine list: things[" + std::to_string(i) + "] is not a thing name");
     }
     if (!out.things.insert(v.get<std::string>()).second) {

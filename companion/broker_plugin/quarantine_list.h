@@ -4,7 +4,7 @@
 //
 // quarantine.json (written by the companion from the registry, atomically):
 //   {"version": 1, "things": ["gw-0042", "gw-0107"]}
-// Names are thing names (1-64 of [A-Za-z0-9_.:-]), matched against the MQTT username,
+// Names are thing names (shared::IsValidThingName, the registry's rule), matched against the MQTT username,
 // which the things listener takes from the client certificate's CN
 // (use_identity_as_username).
 //

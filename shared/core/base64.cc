@@ -51,6 +51,16 @@ std::string EncodeRaw(std::string_view data) {
 
 std::string Base64EncodeLine(std::string_view data) { return EncodeRaw(data); }
 
+std::string Base64UrlEncode(std::string_view data) {
+  std::string out = EncodeRaw(data);
+  for (char& c : out) {
+    if (c == '+') c = '-';
+    if (c == '/') c = '_';
+  }
+  while (!out.empty() && out.back() == '=') out.pop_back();
+  return out;
+}
+
 std::string Base64Encode(std::string_view data) {
   std::string raw = EncodeRaw(data);
   std::string out;

@@ -151,5 +151,13 @@ TEST(Base64Test, RejectsMalformedInput) {
   }
 }
 
+TEST(Base64UrlTest, UsesTheUrlAlphabetWithoutPadding) {
+  EXPECT_EQ(Base64UrlEncode(""), "");
+  EXPECT_EQ(Base64UrlEncode("f"), "Zg");
+  EXPECT_EQ(Base64UrlEncode("\xfb\xff\xbf"), "-_-_");
+  EXPECT_EQ(Base64EncodeLine("\xfb\xff\xbf"), "+/+/");
+  EXPECT_EQ(Base64UrlEncode("foobar"), "Zm9vYmFy");
+}
+
 }  // namespace
 }  // namespace certfleet::shared

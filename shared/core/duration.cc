@@ -9,7 +9,7 @@ Result<std::chrono::seconds> ParseDuration(std::string_view text) {
   if (text.empty()) return Error(Code::kInvalidArgument, "empty duration");
   int64_t total = 0;
   size_t i = 0;
-  constexpr int64_t kMax = int64_t{1} << 40;  // ~35,000 years
+  constexpr int64_t kMax = kMaxDurationSeconds;
   while (i < text.size()) {
     const bool first = i == 0;
     if (text[i] < '0' || text[i] > '9') {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -10,7 +11,12 @@
 
 namespace certfleet::shared {
 
-// kInvalidArgument for empty input, unknown units, negative or overflowing values.
+// The longest duration accepted: 36525 days (100 years). Any now + duration fits the
+// nanosecond clock (to 2262) with room to spare, so callers add without overflow checks.
+inline constexpr int64_t kMaxDurationSeconds = int64_t{36525} * 86400;
+
+// kInvalidArgument for empty input, unknown units, negative values or values above
+// kMaxDurationSeconds.
 Result<std::chrono::seconds> ParseDuration(std::string_view text);
 std::string FormatDuration(std::chrono::seconds d);
 

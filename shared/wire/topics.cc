@@ -1,5 +1,6 @@
 #include "shared/wire/topics.h"
 
+#include <algorithm>
 #include <array>
 
 #include "shared/wire/utf8.h"
@@ -30,7 +31,7 @@ bool IsTemplateChar(char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
 }
 
-bool IsThingNameChar(char c) { return IsTemplateChar(c) || c == ':'; }
+bool IsThingNameChar(char c) { return IsTemplateChar(c) || c == ':' || c == '.'; }
 
 // A topic level that may hold any UTF-8 text except the separators and wildcards.
 Status ValidateLevel(std::string_view what, std::string_view value, size_t max_length) {
@@ -136,7 +137,14 @@ Status ValidateTemplateName(std::string_view template_name) {
 }
 
 Status ValidateThingName(std::string_view thing_name) {
-  return ValidateCharset("thing name", thing_name, kMaxThingNameLength, IsThingNameChar, "[A-Za-z0-9:_-]");
+  return ValidateCharset("thing name", thing_name, kMaxThingNameLength, IsThingNameChar, "[A-Za-z0-9:_.-]");
+}
+
+bool IsValidThingName(std::string_view name) {
+  constexpr size_t kMaxRegistryThingName = 64;
+  constexpr std::string_view kReserved = "certfleet-";
+  if (name.empty() || name.size() > kMaxRegistryThingName || name.substr(0, kReserved.size()) == kReserved) return false;
+  return std::all_of(name.begin(), name.end(), IsThingNameChar);
 }
 
 Status ValidateClaimSubject(std::string_view claim_subject) {

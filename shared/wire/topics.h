@@ -70,8 +70,14 @@ inline constexpr size_t kMaxClaimSubjectLength = 64;  // an X.509 CN
 Status ValidateClientId(std::string_view client_id);
 // 1-36 characters of [A-Za-z0-9_-].
 Status ValidateTemplateName(std::string_view template_name);
-// 1-128 characters of [A-Za-z0-9:_-] (AWS's thing-name rule); also the certificate CN.
+// 1-128 characters of [A-Za-z0-9:_.-] (AWS's thing-name rule, and '.', which the
+// registry's names may hold); also the certificate CN.
 Status ValidateThingName(std::string_view thing_name);
+// The registry's thing name (also a token serial and a certificate CN), the one rule of
+// the companion, its API and the broker plugin: 1-64 characters of A-Z a-z 0-9 - _ . :,
+// and not starting with "certfleet-", which names the companion's own identities (its
+// MQTT client, for one). Every such name passes ValidateThingName.
+bool IsValidThingName(std::string_view name);
 // A shared-subscription group (MQTT 5 ShareName): 1-128 bytes of well-formed UTF-8
 // without '/', '+', '#' or NUL.
 Status ValidateClaimSubject(std::string_view claim_subject);

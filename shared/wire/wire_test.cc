@@ -485,10 +485,11 @@ TEST(ProvisioningWireTest, EnforcesMapLimits) {
 }
 
 TEST(ProvisioningWireTest, ThingNameMustBeTopicSafe) {
-  for (const std::string& name : std::vector<std::string>{"GW-1", "a", "arn:aws:iot:thing_1", std::string(128, 'x')}) {
+  // '.' too: the registry's thing names may hold it.
+  for (const std::string& name : std::vector<std::string>{"GW-1", "a", "arn:aws:iot:thing_1", "a.b", std::string(128, 'x')}) {
     EXPECT_TRUE(DecodeRegisterThingAccepted(R"({"thingName":")" + name + R"("})").has_value()) << name;
   }
-  for (const std::string& name : std::vector<std::string>{"a/b", "a+b", "#", "has space", "caf\\u00e9", "a.b", std::string(129, 'x')}) {
+  for (const std::string& name : std::vector<std::string>{"a/b", "a+b", "#", "has space", "caf\\u00e9", std::string(129, 'x')}) {
     SCOPED_TRACE(name);
     ExpectInvalid(DecodeRegisterThingAccepted(R"({"thingName":")" + name + R"("})"), "thingName");
   }
@@ -830,6 +831,16 @@ TEST(TopicTest, ThingTopics) {
   EXPECT_EQ(parts->suffix, "rotation/ack");
   EXPECT_EQ(ThingTopic(parts->thing_name, parts->suffix).value(), "certfleet/things/GW-0001/rotation/ack");
 
+  // Every name the registry takes has topics (a thing "gw.0001" must be able to rotate).
+  for (const std::string& name : std::vector<std::string>{"gw.0001", "00:1a:2b:3c:4d:5e", "a_b-c", std::string(64, 'g')}) {
+    SCOPED_TRACE(name);
+    EXPECT_TRUE(IsValidThingName(name));
+    EXPECT_TRUE(ValidateThingName(name).ok());
+    EXPECT_EQ(ThingTopic(name, "rotation/request").value(), "certfleet/things/" + name + "/rotation/request");
+  }
+  for (const std::string& name : std::vector<std::string>{"", "certfleet-companion", std::string(65, 'g'), "a b", "a/b"}) {
+    EXPECT_FALSE(IsValidThingName(name)) << name;
+  }
   for (const std::string& name : std::vector<std::string>{"", "a/b", "+", "#", "a b", std::string(129, 'x')}) {
     SCOPED_TRACE(name);
     ExpectInvalid(ThingTopicPrefix(name), "thing name");

@@ -1,6 +1,7 @@
 #include "shared/x509/cert.h"
 
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 #include <algorithm>
@@ -89,6 +90,14 @@ std::string Sha256Hex(std::string_view data) {
   unsigned char md[SHA256_DIGEST_LENGTH];
   SHA256(reinterpret_cast<const unsigned char*>(data.data()), data.size(), md);
   return Hex(md, sizeof md, false);
+}
+
+Result<std::string> RandomHex(size_t bytes) {
+  std::string buf(bytes, '\0');
+  if (RAND_bytes(reinterpret_cast<unsigned char*>(buf.data()), static_cast<int>(bytes)) != 1) {
+    return Error(OpenSslStatus(Code::kInternal, "RAND_bytes"));
+  }
+  return Hex(reinterpret_cast<const unsigned char*>(buf.data()), buf.size(), false);
 }
 
 std::string CertFingerprint(X509* cert) {

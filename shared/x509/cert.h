@@ -24,6 +24,9 @@ std::string CertsToPem(const std::vector<X509Ptr>& certs);
 // Lower-case hex SHA-256 of the DER encoding (64 characters): the certificate id.
 std::string CertFingerprint(X509* cert);
 std::string Sha256Hex(std::string_view data);
+// `bytes` random bytes (RAND_bytes) as lower-case hex: ids of rotations and audit tasks.
+// kInternal if the generator fails.
+Result<std::string> RandomHex(size_t bytes);
 
 struct CertInfo {
   std::string id;       // SHA-256 fingerprint, hex

@@ -70,9 +70,11 @@ KeyFacts DeriveKeyFacts(X509* cert) {
   const int sig_nid = X509_get_signature_nid(cert);
   const char* sn = OBJ_nid2sn(sig_nid);
   f.sig_alg = sn != nullptr ? sn : "UNKNOWN";
+  // X509_get_signature_info also reads the digest out of RSA-PSS parameters, where the
+  // algorithm OID alone names none.
   int md_nid = NID_undef;
   int pk_nid = NID_undef;
-  if (OBJ_find_sigid_algs(sig_nid, &md_nid, &pk_nid) == 1 && md_nid != NID_undef) {
+  if (X509_get_signature_info(cert, &md_nid, &pk_nid, nullptr, nullptr) == 1 && md_nid != NID_undef) {
     const char* md = OBJ_nid2sn(md_nid);
     f.sig_hash = md != nullptr ? md : "UNKNOWN";
   }

@@ -3,6 +3,7 @@
 #include <openssl/core_names.h>
 #include <openssl/param_build.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
 
 #include <gtest/gtest.h>
 
@@ -124,6 +125,23 @@ TEST(KeyFactsTest, RsaKeySignedWithSha1) {
   EXPECT_EQ(f.key_bits, 2048);
   EXPECT_EQ(f.sig_hash, "SHA1");
   EXPECT_FALSE(f.roca);
+}
+
+// RSA-PSS names its digest in the algorithm parameters, not in the OID.
+TEST(KeyFactsTest, RsaPssSignatureDigestIsRead) {
+  auto key = GenerateKeyPair(KeyType::kRsa2048);
+  ASSERT_TRUE(key);
+  for (const auto& [md, name] : {std::pair{EVP_sha1(), "SHA1"}, std::pair{EVP_sha256(), "SHA256"}}) {
+    X509Ptr cert = MakeCert(key->get(), key->get(), EVP_sha256());
+    std::unique_ptr<EVP_MD_CTX, FnDeleter<EVP_MD_CTX_free>> ctx(EVP_MD_CTX_new());
+    EVP_PKEY_CTX* pctx = nullptr;
+    ASSERT_EQ(EVP_DigestSignInit(ctx.get(), &pctx, md, nullptr, key->get()), 1);
+    ASSERT_EQ(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING), 1);
+    ASSERT_GT(X509_sign_ctx(cert.get(), ctx.get()), 0);
+    KeyFacts f = DeriveKeyFacts(cert.get());
+    EXPECT_EQ(f.sig_alg, "RSASSA-PSS");
+    EXPECT_EQ(f.sig_hash, name);
+  }
 }
 
 TEST(KeyFactsTest, CertificateForARocaModulusIsFlagged) {

@@ -47,6 +47,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto key = DecodeCursor("things", input);
   OnlyInvalidArgument(key);
   if (key) Check(*DecodeCursor("things", EncodeCursor("things", *key)) == *key, "cursor round trip");
+  auto pos = SplitPositionKey(input);
+  OnlyInvalidArgument(pos);
+  if (pos) Check(pos->seconds >= 0 && !pos->rest.empty(), "position key");
   auto id = DecodeIntCursor("events", input);
   OnlyInvalidArgument(id);
   if (id) Check(*id > 0, "row cursor not positive");
