@@ -87,39 +87,6 @@ sh::Status OnlyParams(const ApiRequest& r, std::initializer_list<std::string_vie
   return sh::Status::Ok();
 }
 
-json CertJson(const CertRecord& c, bool with_pem) {
-  json j = {{"certificateId", c.id},
-            {"thingName", c.thing_name},
-            {"serialNumber", c.serial},
-            {"subject", c.subject},
-            {"status", CertStatusName(c.status)},
-            {"notBefore", sh::FormatRfc3339(c.not_before)},
-            {"notAfter", sh::FormatRfc3339(c.not_after)},
-            {"issuedAt", sh::FormatRfc3339(c.issued_at)},
-            {"statusChangedAt", sh::FormatRfc3339(c.status_changed_at)},
-            {"source", c.source},
-            {"current", c.status == CertStatus::kActive && !c.superseded_by}};
-  if (c.superseded_by) j["supersededBy"] = *c.superseded_by;
-  if (c.proven_at) j["provenAt"] = sh::FormatRfc3339(*c.proven_at);
-  if (c.retire_at) j["retireAt"] = sh::FormatRfc3339(*c.retire_at);
-  if (with_pem) j["certificatePem"] = c.pem;
-  return j;
-}
-
-json ThingJson(const ThingRecord& t) {
-  json j = {{"thingName", t.name}, {"createdAt", sh::FormatRfc3339(t.created_at)}};
-  if (t.current_cert_id) {
-    j["certificateId"] = *t.current_cert_id;
-    j["notAfter"] = sh::FormatRfc3339(*t.current_not_after);
-  }
-  if (t.last_seen_at) j["lastSeenAt"] = sh::FormatRfc3339(*t.last_seen_at);
-  if (t.quarantined_at) {
-    j["quarantinedAt"] = sh::FormatRfc3339(*t.quarantined_at);
-    j["quarantineReason"] = t.quarantine_reason;
-  }
-  return j;
-}
-
 json EventJson(const SecurityEvent& e) {
   return {{"eventId", e.id}, {"at", sh::FormatRfc3339(e.at)}, {"kind", e.kind}, {"subject", e.subject}, {"detail", e.detail}};
 }
@@ -143,6 +110,39 @@ json TemplateJson(const ProvisioningTemplate& t, bool full) {
 }
 
 }  // namespace
+
+json CertToJson(const CertRecord& c, bool with_pem) {
+  json j = {{"certificateId", c.id},
+            {"thingName", c.thing_name},
+            {"serialNumber", c.serial},
+            {"subject", c.subject},
+            {"status", CertStatusName(c.status)},
+            {"notBefore", sh::FormatRfc3339(c.not_before)},
+            {"notAfter", sh::FormatRfc3339(c.not_after)},
+            {"issuedAt", sh::FormatRfc3339(c.issued_at)},
+            {"statusChangedAt", sh::FormatRfc3339(c.status_changed_at)},
+            {"source", c.source},
+            {"current", c.status == CertStatus::kActive && !c.superseded_by}};
+  if (c.superseded_by) j["supersededBy"] = *c.superseded_by;
+  if (c.proven_at) j["provenAt"] = sh::FormatRfc3339(*c.proven_at);
+  if (c.retire_at) j["retireAt"] = sh::FormatRfc3339(*c.retire_at);
+  if (with_pem) j["certificatePem"] = c.pem;
+  return j;
+}
+
+json ThingToJson(const ThingRecord& t) {
+  json j = {{"thingName", t.name}, {"createdAt", sh::FormatRfc3339(t.created_at)}};
+  if (t.current_cert_id) {
+    j["certificateId"] = *t.current_cert_id;
+    j["notAfter"] = sh::FormatRfc3339(*t.current_not_after);
+  }
+  if (t.last_seen_at) j["lastSeenAt"] = sh::FormatRfc3339(*t.last_seen_at);
+  if (t.quarantined_at) {
+    j["quarantinedAt"] = sh::FormatRfc3339(*t.quarantined_at);
+    j["quarantineReason"] = t.quarantine_reason;
+  }
+  return j;
+}
 
 json RotationToJson(const RotationRecord& r) {
   json j = {{"rotationId", r.id}, {"thingName", r.thing_name}, {"reason", r.reason},
@@ -581,7 +581,7 @@ ApiResponse ApiService::ListThings(const ApiRequest& r) {
   auto page = state_.registry->ListThingsPage(after, *limit);
   if (!page) return FromStatus(page.error(), log_);
   json items = json::array();
-  for (const auto& t : page->items) items.push_back(ThingJson(t));
+  for (const auto& t : page->items) items.push_back(ThingToJson(t));
   json out = {{"things", std::move(items)}};
   if (page->next) out["nextToken"] = EncodeCursor("things", *page->next);
   return Json(200, out);
@@ -593,11 +593,11 @@ ApiResponse ApiService::DescribeThing(const PathParams& p) {
   auto t = state_.registry->FindThing(name);
   if (!t) return FromStatus(t.error(), log_);
   if (!*t) return JsonError(404, "not_found", "no such thing");
-  json out = ThingJson(**t);
+  json out = ThingToJson(**t);
   auto certs = state_.registry->ListCerts(name, kApiMaxPageSize);
   if (!certs) return FromStatus(certs.error(), log_);
   json cj = json::array();
-  for (const auto& c : *certs) cj.push_back(CertJson(c, false));
+  for (const auto& c : *certs) cj.push_back(CertToJson(c, false));
   out["certificates"] = std::move(cj);
   auto pending = state_.registry->FindPendingRotation(name);
   if (!pending) return FromStatus(pending.error(), log_);
@@ -653,7 +653,7 @@ ApiResponse ApiService::ListCertificates(const ApiRequest& r) {
   auto page = state_.registry->ListCertsPage(f, *limit);
   if (!page) return FromStatus(page.error(), log_);
   json items = json::array();
-  for (const auto& c : page->items) items.push_back(CertJson(c, false));
+  for (const auto& c : page->items) items.push_back(CertToJson(c, false));
   json out = {{"certificates", std::move(items)}};
   if (page->next) out["nextToken"] = EncodeCursor("certificates", std::to_string(*page->next));
   return Json(200, out);
@@ -665,7 +665,7 @@ ApiResponse ApiService::DescribeCertificate(const PathParams& p) {
   auto c = state_.registry->FindCert(id);
   if (!c) return FromStatus(c.error(), log_);
   if (!*c) return JsonError(404, "not_found", "no such certificate");
-  return Json(200, CertJson(**c, true));
+  return Json(200, CertToJson(**c, true));
 }
 
 ApiResponse ApiService::ChangeCertificate(const ApiRequest& r, const PathParams& p, const Principal& who,
@@ -680,7 +680,7 @@ ApiResponse ApiService::ChangeCertificate(const ApiRequest& r, const PathParams&
             {{"certificate", id}, {"status", std::string(CertStatusName(status))}, {"by", who.name}});
   auto c = state_.registry->FindCert(id);
   if (!c || !*c) return FromStatus(c ? sh::Status(Code::kInternal, "certificate vanished") : c.error(), log_);
-  return Json(200, CertJson(**c, false));
+  return Json(200, CertToJson(**c, false));
 }
 
 ApiResponse ApiService::ListRotations(const ApiRequest& r) {

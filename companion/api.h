@@ -49,8 +49,11 @@ struct ApiResponse {
 // unauthorized, forbidden, not_found, conflict, rate_limited, ...).
 ApiResponse JsonError(int status, std::string_view error, std::string_view message);
 
-// The API's JSON for a rotation request (also certfleetctl's --json).
+// The API's JSON for a rotation request, a certificate (its PEM only `with_pem`) and a
+// thing; certfleetctl's local --json prints the same.
 nlohmann::json RotationToJson(const RotationRecord& r);
+nlohmann::json CertToJson(const CertRecord& c, bool with_pem);
+nlohmann::json ThingToJson(const ThingRecord& t);
 
 // Who is calling.
 struct Principal {

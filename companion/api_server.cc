@@ -21,6 +21,25 @@ void Reply(const ApiResponse& res, httplib::Response& hres) {
 
 }  // namespace
 
+sh::Status CheckOperatorCaIsSeparate(const std::string& client_ca_pem, const std::vector<std::string>& fleet_ca_pems) {
+  CF_ASSIGN_OR_RETURN(std::vector<sh::X509Ptr> operator_cas, sh::CertsFromPem(client_ca_pem));
+  for (const std::string& pem : fleet_ca_pems) {
+    if (pem.empty()) continue;
+    CF_ASSIGN_OR_RETURN(std::vector<sh::X509Ptr> fleet, sh::CertsFromPem(pem));
+    for (const auto& f : fleet) {
+      for (const auto& o : operator_cas) {
+        if (EVP_PKEY_eq(X509_get0_pubkey(f.get()), X509_get0_pubkey(o.get())) == 1) {
+          return sh::Status(Code::kInvalidArgument,
+                            "api.client_ca_file trusts a fleet CA (" + sh::DescribeCert(f.get()).subject +
+                                "): its device or claim certificates would authenticate as operators; use a CA of "
+                                "the operators' own");
+        }
+      }
+    }
+  }
+  return sh::Status::Ok();
+}
+
 ApiServer::ApiServer(ApiService& service, const ApiConfig& config, const std::string& tls_chain_pem, EVP_PKEY* tls_key,
                      const std::string& client_ca_pem, sh::Logger& log)
     : service_(service), config_(config), log_(log) {

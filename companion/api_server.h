@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "companion/api.h"
 #include "shared/core/status.h"
@@ -16,6 +17,13 @@ class SSLServer;
 }
 
 namespace certfleet::companion {
+
+// Operator roles come from the client certificate's CN, so the operator CA must not be a
+// CA that issues device or claim certificates (whose CNs devices choose): a thing named
+// like an operator would be one. kInvalidArgument when a certificate of `client_ca_pem`
+// has the public key of a certificate in any of `fleet_ca_pems` (the root and issuing CA,
+// the claim CAs). Pure.
+shared::Status CheckOperatorCaIsSeparate(const std::string& client_ca_pem, const std::vector<std::string>& fleet_ca_pems);
 
 class ApiServer {
  public:

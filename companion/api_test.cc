@@ -10,6 +10,7 @@
 #include <set>
 
 #include "companion/api_input.h"
+#include "companion/api_server.h"
 #include "companion/audit.h"
 #include "companion/operations.h"
 #include "companion/testing/test_companion.h"
@@ -64,6 +65,32 @@ TEST(RateLimiterTest, KeysAreIndependentAndWindowSlides) {
   clock.Advance(seconds(30));  // the first call left the window
   EXPECT_FALSE(limiter.TryAcquire("a"));
   EXPECT_TRUE(limiter.TryAcquire("a"));
+}
+
+// ---- Operator CA ----
+
+TEST(OperatorCaTest, AFleetCaCannotBeTheOperatorCa) {
+  auto fleet = MakeTestCa("fleet root", kTestCompanionStart);
+  auto claim = MakeTestCa("factory claim CA", kTestCompanionStart);
+  auto ops = MakeTestCa("operators", kTestCompanionStart);
+  ASSERT_TRUE(fleet && claim && ops);
+  const std::string fleet_pem = shared::CertToPem(fleet->cert());
+  const std::string claim_pem = shared::CertToPem(claim->cert());
+  const std::string ops_pem = shared::CertToPem(ops->cert());
+  EXPECT_TRUE(CheckOperatorCaIsSeparate(ops_pem, {fleet_pem, "", claim_pem}).ok());
+  for (const std::string& bad : {fleet_pem, ops_pem + claim_pem}) {
+    shared::Status st = CheckOperatorCaIsSeparate(bad, {fleet_pem, claim_pem});
+    EXPECT_EQ(st.code(), shared::Code::kInvalidArgument);
+    EXPECT_NE(st.message().find("fleet CA"), std::string::npos) << st.message();
+  }
+  // The same key under a re-issued certificate is the same CA.
+  auto fleet_key = fleet->keys.Load("ca");
+  ASSERT_TRUE(fleet_key);
+  auto reissued = MakeRootCa((*fleet_key)->pkey(), "fleet root (renewed)", std::chrono::hours(24 * 365),
+                             kTestCompanionStart);
+  ASSERT_TRUE(reissued);
+  EXPECT_FALSE(CheckOperatorCaIsSeparate(shared::CertToPem(reissued->get()), {fleet_pem}).ok());
+  EXPECT_FALSE(CheckOperatorCaIsSeparate("not PEM", {fleet_pem}).ok());
 }
 
 // ---- Router ----

@@ -314,15 +314,19 @@ int RunRemoteAuditCommands(AuditCommands& c, RemoteCaller& r) {
       if (!next.empty()) q.emplace_back("nextToken", next);
       auto j = r.Call("GET", "/get-audit-status/" + c.task_id, q);
       if (!j) return 1;
+      next = NextToken(*j);
       if (report.is_null()) {
         report = std::move(*j);
+        for (const char* list : {"findings", "mitigationActions"}) {
+          if (!report[list].is_array()) report[list] = json::array();
+        }
       } else {
-        for (auto& f : (*j)["findings"]) report["findings"].push_back(std::move(f));
-        for (auto& m : (*j)["mitigationActions"]) report["mitigationActions"].push_back(std::move(m));
-        report["nextToken"] = (*j).value("nextToken", json());
+        for (const char* list : {"findings", "mitigationActions"}) {
+          const json& more = JsonField(*j, list);
+          if (more.is_array()) report[list].insert(report[list].end(), more.begin(), more.end());
+        }
       }
-      if (!report.contains("nextToken") || report["nextToken"].is_null()) break;
-      next = report["nextToken"];
+      if (next.empty()) break;
     }
     report.erase("nextToken");
     if (r.as_json) {
@@ -333,18 +337,23 @@ int RunRemoteAuditCommands(AuditCommands& c, RemoteCaller& r) {
                 JsonText(report, "taskType").c_str(), JsonText(report, "taskStatus").c_str(),
                 JsonText(report, "taskStartTime").c_str(), JsonText(report, "taskEndTime").c_str());
     std::vector<std::vector<std::string>> rows{{"CHECK", "STATUS", "RESOURCES", "NON-COMPLIANT", "SUPPRESSED"}};
-    for (const auto& [name, d] : report["auditDetails"].items()) {
-      rows.push_back({name, JsonText(d, "checkRunStatus"), JsonText(d, "totalResourcesCount"),
-                      JsonText(d, "nonCompliantResourcesCount"), JsonText(d, "suppressedNonCompliantResourcesCount")});
+    const json& details = JsonField(report, "auditDetails");
+    if (details.is_object()) {
+      for (const auto& [name, d] : details.items()) {
+        rows.push_back({name, JsonText(d, "checkRunStatus"), JsonText(d, "totalResourcesCount"),
+                        JsonText(d, "nonCompliantResourcesCount"), JsonText(d, "suppressedNonCompliantResourcesCount")});
+      }
     }
     PrintTable(rows);
     std::vector<std::vector<std::string>> findings{{"CHECK", "SEVERITY", "RESOURCE", "REASON", "SUPPRESSED"}};
     for (const json& f : report["findings"]) {
-      const json& id = f["nonCompliantResource"]["resourceIdentifier"];
-      std::string resource = !id.empty() && id.begin().value().is_string() ? id.begin().value().get<std::string>()
-                                                                          : id.dump();
+      const json& id = JsonField(JsonField(f, "nonCompliantResource"), "resourceIdentifier");
+      std::string resource = id.is_object() && !id.empty() && id.begin().value().is_string()
+                                 ? id.begin().value().get<std::string>()
+                                 : id.dump();
       findings.push_back({JsonText(f, "checkName"), JsonText(f, "severity"), resource,
-                          JsonText(f, "reasonForNonComplianceCode"), f.value("isSuppressed", false) ? "yes" : "no"});
+                          JsonText(f, "reasonForNonComplianceCode"),
+                          JsonField(f, "isSuppressed") == true ? "yes" : "no"});
     }
     std::printf("\n");
     PrintTable(findings);

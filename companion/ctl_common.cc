@@ -42,6 +42,18 @@ std::string JsonText(const json& j, const char* key) {
   return it->is_string() ? it->get<std::string>() : it->dump();
 }
 
+const json& JsonField(const json& j, const char* key) {
+  static const json kNull;
+  if (!j.is_object()) return kNull;
+  auto it = j.find(key);
+  return it == j.end() ? kNull : *it;
+}
+
+std::string NextToken(const json& reply) {
+  const json& t = JsonField(reply, "nextToken");
+  return t.is_string() ? t.get<std::string>() : "";
+}
+
 std::optional<json> RemoteCaller::Call(const std::string& method, const std::string& path, const QueryList& query,
                                        const json& body) {
   auto reply = method == "GET" ? client.Get(path, query) : client.Post(path, body.is_null() ? "" : body.dump());
@@ -50,9 +62,9 @@ std::optional<json> RemoteCaller::Call(const std::string& method, const std::str
     return std::nullopt;
   }
   json j = json::parse(reply->body, nullptr, false);
-  if (reply->status >= 300 || j.is_discarded()) {
+  if (reply->status >= 300 || !j.is_object()) {
     std::fprintf(stderr, "certfleetctl: server answered %ld: %s\n", reply->status,
-                 j.is_discarded() ? "(not JSON)" : (JsonText(j, "error") + ": " + JsonText(j, "message")).c_str());
+                 !j.is_object() ? "(not a JSON object)" : (JsonText(j, "error") + ": " + JsonText(j, "message")).c_str());
     return std::nullopt;
   }
   return j;
@@ -68,9 +80,10 @@ int RemoteCaller::List(const std::string& path, const char* member, QueryList qu
     if (!next.empty()) q.emplace_back("nextToken", next);
     auto j = Call("GET", path, q);
     if (!j) return 1;
-    for (auto& x : (*j)[member]) all.push_back(std::move(x));
-    if (!j->contains("nextToken") || static_cast<int64_t>(all.size()) >= limit) break;
-    next = (*j)["nextToken"];
+    const json& items = JsonField(*j, member);
+    if (items.is_array()) all.insert(all.end(), items.begin(), items.end());
+    next = NextToken(*j);
+    if (next.empty() || static_cast<int64_t>(all.size()) >= limit) break;
   }
   if (as_json) {
     std::printf("%s\n", all.dump(2).c_str());

@@ -24,6 +24,11 @@ std::string OperatorName();
 
 // j[key] as text: strings as they are, other values as JSON, "-" when absent or null.
 std::string JsonText(const nlohmann::json& j, const char* key);
+// j[key], or null when j is no object or has no such member: never throws, never
+// inserts (replies come from a server and may be malformed).
+const nlohmann::json& JsonField(const nlohmann::json& j, const char* key);
+// The reply's nextToken when it is a non-empty string; "" (the last page) otherwise.
+std::string NextToken(const nlohmann::json& reply);
 
 using QueryList = std::vector<std::pair<std::string, std::string>>;
 

@@ -257,83 +257,89 @@ int main(int argc, char** argv) {
       return Fail(sh::Status(sh::Code::kInvalidArgument, "remote mode needs --token-file or --cert/--key"));
     }
     cf::companion::RemoteCaller r{cf::companion::ApiClient(co), as_json};
-    if (int rc = cf::companion::RunRemoteAuditCommands(*audit_commands, r); rc >= 0) return rc;
-    using Q = std::vector<std::pair<std::string, std::string>>;
-    if (*things_list) {
-      return r.List("/things", "things", {}, limit,
-                    {{"THING", "thingName"}, {"CREATED", "createdAt"}, {"CERTIFICATE", "certificateId"}, {"NOT AFTER", "notAfter"}});
-    }
-    if (*things_show) return r.Show("GET", "/things/" + thing_name);
-    if (*certs_list) {
-      Q q;
-      if (!thing_filter.empty()) q.emplace_back("thingName", thing_filter);
-      if (!status_filter.empty()) q.emplace_back("status", status_filter);
-      if (!expiring_before.empty()) q.emplace_back("expiringBefore", expiring_before);
-      return r.List("/certificates", "certificates", q, limit,
-                    {{"ID", "certificateId"}, {"THING", "thingName"}, {"STATUS", "status"}, {"NOT AFTER", "notAfter"},
-                     {"SOURCE", "source"}, {"SERIAL", "serialNumber"}});
-    }
-    if (*certs_show) return r.Show("GET", "/certificates/" + cert_id);
-    if (*certs_revoke || *certs_deactivate) {
-      json body = json::object();
-      if (!change_reason.empty()) body["reason"] = change_reason;
-      return r.Show("POST", "/certificates/" + cert_id + (*certs_revoke ? "/revoke" : "/deactivate"), body);
-    }
-    if (*rotate) {
-      if (rotate_thing.empty() || dry_run) {
-        return Fail(sh::Status(sh::Code::kInvalidArgument, "remote mode rotates one THING (no --expiring-within, --dry-run)"));
+    // Replies come from the network: a malformed one ends the command with an error,
+    // never with an uncaught exception.
+    try {
+      if (int rc = cf::companion::RunRemoteAuditCommands(*audit_commands, r); rc >= 0) return rc;
+      using Q = std::vector<std::pair<std::string, std::string>>;
+      if (*things_list) {
+        return r.List("/things", "things", {}, limit,
+                      {{"THING", "thingName"}, {"CREATED", "createdAt"}, {"CERTIFICATE", "certificateId"}, {"NOT AFTER", "notAfter"}});
       }
-      json body = {{"thingName", rotate_thing}};
-      if (!rotate_reason.empty()) body["reason"] = rotate_reason;
-      if (!rotate_deadline.empty()) body["deadline"] = rotate_deadline;
-      return r.Show("POST", "/rotations", body);
-    }
-    if (*rotations_list) {
-      Q q;
-      if (!thing_filter.empty()) q.emplace_back("thingName", thing_filter);
-      if (!state_filter.empty()) q.emplace_back("state", state_filter);
-      return r.List("/rotations", "rotations", q, limit,
-                    {{"ID", "rotationId"}, {"THING", "thingName"}, {"STATE", "state"}, {"CREATED", "createdAt"},
-                     {"DEADLINE", "deadline"}, {"PUBLISHED", "publishedAt"}, {"REASON", "reason"}});
-    }
-    if (*rotations_cancel) return r.Show("POST", "/rotations/" + rotation_id + "/cancel");
-    if (*token_create) {
-      json body = {{"serial", serial}};
-      if (!ttl_text.empty()) body["ttl"] = ttl_text;
-      auto j = r.Call("POST", "/enrollment-tokens", {}, body);
-      if (!j) return 1;
-      std::printf("%s\n", Str(*j, "token").c_str());
-      std::fprintf(stderr, "token for serial %s expires %s\n", Str(*j, "serial").c_str(), Str(*j, "expiresAt").c_str());
-      return 0;
-    }
-    if (*token_list) {
-      return r.List("/enrollment-tokens", "enrollmentTokens", {}, limit,
-                    {{"SERIAL", "serial"}, {"STATE", "state"}, {"CREATED", "createdAt"}, {"EXPIRES", "expiresAt"},
-                     {"USED", "usedAt"}});
-    }
-    if (*templates_list) {
-      auto j = r.Call("GET", "/templates", {});
-      if (!j) return 1;
-      if (as_json) {
-        std::printf("%s\n", (*j)["templates"].dump(2).c_str());
+      if (*things_show) return r.Show("GET", "/things/" + thing_name);
+      if (*certs_list) {
+        Q q;
+        if (!thing_filter.empty()) q.emplace_back("thingName", thing_filter);
+        if (!status_filter.empty()) q.emplace_back("status", status_filter);
+        if (!expiring_before.empty()) q.emplace_back("expiringBefore", expiring_before);
+        return r.List("/certificates", "certificates", q, limit,
+                      {{"ID", "certificateId"}, {"THING", "thingName"}, {"STATUS", "status"}, {"NOT AFTER", "notAfter"},
+                       {"SOURCE", "source"}, {"SERIAL", "serialNumber"}});
+      }
+      if (*certs_show) return r.Show("GET", "/certificates/" + cert_id);
+      if (*certs_revoke || *certs_deactivate) {
+        json body = json::object();
+        if (!change_reason.empty()) body["reason"] = change_reason;
+        return r.Show("POST", "/certificates/" + cert_id + (*certs_revoke ? "/revoke" : "/deactivate"), body);
+      }
+      if (*rotate) {
+        if (rotate_thing.empty() || dry_run) {
+          return Fail(sh::Status(sh::Code::kInvalidArgument, "remote mode rotates one THING (no --expiring-within, --dry-run)"));
+        }
+        json body = {{"thingName", rotate_thing}};
+        if (!rotate_reason.empty()) body["reason"] = rotate_reason;
+        if (!rotate_deadline.empty()) body["deadline"] = rotate_deadline;
+        return r.Show("POST", "/rotations", body);
+      }
+      if (*rotations_list) {
+        Q q;
+        if (!thing_filter.empty()) q.emplace_back("thingName", thing_filter);
+        if (!state_filter.empty()) q.emplace_back("state", state_filter);
+        return r.List("/rotations", "rotations", q, limit,
+                      {{"ID", "rotationId"}, {"THING", "thingName"}, {"STATE", "state"}, {"CREATED", "createdAt"},
+                       {"DEADLINE", "deadline"}, {"PUBLISHED", "publishedAt"}, {"REASON", "reason"}});
+      }
+      if (*rotations_cancel) return r.Show("POST", "/rotations/" + rotation_id + "/cancel");
+      if (*token_create) {
+        json body = {{"serial", serial}};
+        if (!ttl_text.empty()) body["ttl"] = ttl_text;
+        auto j = r.Call("POST", "/enrollment-tokens", {}, body);
+        if (!j) return 1;
+        std::printf("%s\n", Str(*j, "token").c_str());
+        std::fprintf(stderr, "token for serial %s expires %s\n", Str(*j, "serial").c_str(), Str(*j, "expiresAt").c_str());
         return 0;
       }
-      std::vector<std::vector<std::string>> rows{{"TEMPLATE", "DESCRIPTION"}};
-      for (const auto& x : (*j)["templates"]) rows.push_back({Str(x, "templateName"), Str(x, "description")});
-      PrintTable(rows);
-      return 0;
+      if (*token_list) {
+        return r.List("/enrollment-tokens", "enrollmentTokens", {}, limit,
+                      {{"SERIAL", "serial"}, {"STATE", "state"}, {"CREATED", "createdAt"}, {"EXPIRES", "expiresAt"},
+                       {"USED", "usedAt"}});
+      }
+      if (*templates_list) {
+        auto j = r.Call("GET", "/templates", {});
+        if (!j) return 1;
+        if (as_json) {
+          std::printf("%s\n", (*j)["templates"].dump(2).c_str());
+          return 0;
+        }
+        std::vector<std::vector<std::string>> rows{{"TEMPLATE", "DESCRIPTION"}};
+        for (const auto& x : (*j)["templates"]) rows.push_back({Str(x, "templateName"), Str(x, "description")});
+        PrintTable(rows);
+        return 0;
+      }
+      if (*templates_show) return r.Show("GET", "/templates/" + template_name);
+      if (*events) {
+        Q q;
+        if (!event_kind.empty()) q.emplace_back("kind", event_kind);
+        if (!event_subject.empty()) q.emplace_back("subject", event_subject);
+        if (!event_since.empty()) q.emplace_back("since", event_since);
+        if (!event_until.empty()) q.emplace_back("until", event_until);
+        return r.List("/security-events", "securityEvents", q, limit,
+                      {{"AT", "at"}, {"KIND", "kind"}, {"SUBJECT", "subject"}, {"DETAIL", "detail"}});
+      }
+      return Fail(sh::Status(sh::Code::kInvalidArgument, "this command has no remote mode; run it on the companion host"));
+    } catch (const nlohmann::json::exception& e) {
+      return Fail(sh::Status(sh::Code::kDataLoss, std::string("malformed reply from the server: ") + e.what()));
     }
-    if (*templates_show) return r.Show("GET", "/templates/" + template_name);
-    if (*events) {
-      Q q;
-      if (!event_kind.empty()) q.emplace_back("kind", event_kind);
-      if (!event_subject.empty()) q.emplace_back("subject", event_subject);
-      if (!event_since.empty()) q.emplace_back("since", event_since);
-      if (!event_until.empty()) q.emplace_back("until", event_until);
-      return r.List("/security-events", "securityEvents", q, limit,
-                    {{"AT", "at"}, {"KIND", "kind"}, {"SUBJECT", "subject"}, {"DETAIL", "detail"}});
-    }
-    return Fail(sh::Status(sh::Code::kInvalidArgument, "this command has no remote mode; run it on the companion host"));
   }
   auto& fs = sh::PosixFilesystem::Instance();
   auto& clock = sh::SystemClock::Instance();
@@ -509,15 +515,7 @@ int main(int argc, char** argv) {
     if (!list) return Fail(list.error());
     if (as_json) {
       json out = json::array();
-      for (const auto& c : *list) {
-        json j = {{"certificateId", c.id}, {"thingName", c.thing_name}, {"serialNumber", c.serial},
-                  {"subject", c.subject}, {"notBefore", sh::FormatRfc3339(c.not_before)},
-                  {"notAfter", sh::FormatRfc3339(c.not_after)}, {"issuedAt", sh::FormatRfc3339(c.issued_at)},
-                  {"status", cf::companion::CertStatusName(c.status)}, {"source", c.source},
-                  {"current", c.status == cf::companion::CertStatus::kActive && !c.superseded_by}};
-        if (c.superseded_by) j["supersededBy"] = *c.superseded_by;
-        out.push_back(std::move(j));
-      }
+      for (const auto& c : *list) out.push_back(cf::companion::CertToJson(c, false));
       std::printf("%s\n", out.dump(2).c_str());
     } else {
       std::vector<std::vector<std::string>> rows{{"ID", "THING", "STATUS", "NOT AFTER", "SOURCE", "SERIAL"}};
@@ -595,14 +593,7 @@ int main(int argc, char** argv) {
     if (!list) return Fail(list.error());
     if (as_json) {
       json out = json::array();
-      for (const auto& t : *list) {
-        json j = {{"thingName", t.name}, {"createdAt", sh::FormatRfc3339(t.created_at)}};
-        if (t.current_cert_id) {
-          j["certificateId"] = *t.current_cert_id;
-          j["notAfter"] = sh::FormatRfc3339(*t.current_not_after);
-        }
-        out.push_back(std::move(j));
-      }
+      for (const auto& t : *list) out.push_back(cf::companion::ThingToJson(t));
       std::printf("%s\n", out.dump(2).c_str());
     } else {
       std::vector<std::vector<std::string>> rows{{"THING", "CREATED", "CERTIFICATE", "NOT AFTER"}};

@@ -201,6 +201,17 @@ int RunServe(const std::string& config_path, const std::string& listen_override,
       auto ca = fs.ReadFile(cfg->api.client_ca_file, 1 << 20);
       if (!ca) return Fail(ca.error().WithContext("api.client_ca_file"));
       client_ca = *ca;
+      std::vector<std::string> fleet_ca_files = {cfg->ca.root_cert_file, cfg->ca.issuing_cert_file,
+                                                 cfg->est.bootstrap_trust_file};
+      for (const auto& claim : cfg->claims) fleet_ca_files.push_back(claim.ca_file);
+      std::vector<std::string> fleet_cas;
+      for (const std::string& file : fleet_ca_files) {
+        if (file.empty()) continue;
+        auto pem = fs.ReadFile(file, 1 << 20);
+        if (!pem) return Fail(pem.error().WithContext("reading " + file));
+        fleet_cas.push_back(std::move(*pem));
+      }
+      if (sh::Status st = cf::companion::CheckOperatorCaIsSeparate(client_ca, fleet_cas); !st.ok()) return Fail(st);
     }
     cf::companion::ApiServiceOptions ao;
     ao.metrics = &metrics;

@@ -39,6 +39,12 @@ printf '%s\n' "$READER" >reader.token
 check "api-token list shows names, never secrets" bash -c "'$CTL' --config '$CONF' api-token list | grep -q ops-reader && ! '$CTL' --config '$CONF' api-token list --json | grep -qF -- '$ADMIN'"
 check_fails "api-token create refuses an unknown role" "$CTL" --config "$CONF" api-token create --name x --role root
 
+# The fleet's own CA as the operator CA would make every device an operator candidate.
+sed "s|^client_ca_file = .*|client_ca_file = \"$WORK/state/ca/root.pem\"|" "$CONF" >fleet-ca-as-operator.toml
+check_fails "serve refuses the fleet CA as the operator CA" timeout 20 "$COMPANION" serve \
+  --config fleet-ca-as-operator.toml --est-listen 127.0.0.1:0 --api-listen 127.0.0.1:0
+check "and says why" grep -q "trusts a fleet CA" "$WORK/last.out"
+
 rm -f state/ready state/api-ready
 "$COMPANION" serve --config "$CONF" --est-listen 127.0.0.1:0 --ready-file state/ready --api-listen 127.0.0.1:0 \
   --api-ready-file state/api-ready >>"$WORK/companion.log" 2>&1 &
