@@ -504,6 +504,21 @@ TEST_F(ProvisioningServiceTest, ReprovisioningAllowedByTheTemplateSupersedesTheO
   EXPECT_TRUE(Events().empty());
 }
 
+TEST_F(ProvisioningServiceTest, AQuarantinedThingCannotReprovision) {
+  json j = template_json_;
+  j["certfleet"]["allowReprovisioning"] = true;
+  UseTemplate(j);
+  std::string first = Provision("SN0001");
+  ASSERT_TRUE(state_->registry->SetQuarantine("gw-SN0001", std::string("audit finding"), "test", clock_.Now()).ok());
+  const size_t events = Events().size();
+  auto key = NewKey();
+  auto created = CreateFromCsr(key.get(), "gw-SN0001", "dev-0002");
+  ExpectRegisterRejected(Register(created.certificate_ownership_token, {{"SerialNumber", "SN0001"}}, "dev-0002"),
+                         sh::kAccessDenied, events, "dev-0002");
+  EXPECT_EQ(CountCerts(), 1u);
+  EXPECT_EQ(*Things()[0].current_cert_id, first);
+}
+
 // ---- Malformed requests ----
 
 TEST_F(ProvisioningServiceTest, MalformedJsonIsInvalidPayload) {
