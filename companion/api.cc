@@ -51,14 +51,6 @@ std::vector<std::string> Split(std::string_view path) {
   return out;
 }
 
-// The single value of query parameter `name`; a repeated parameter is an error.
-sh::Result<std::optional<std::string>> QueryValue(const ApiRequest& r, const std::string& name) {
-  auto [lo, hi] = r.query.equal_range(name);
-  if (lo == hi) return std::optional<std::string>();
-  if (std::next(lo) != hi) return sh::Error(Code::kInvalidArgument, "query parameter '" + name + "' is repeated");
-  return std::optional<std::string>(lo->second);
-}
-
 // Cursors of newest-first lists: "<unix seconds>.<key>" of the last row shown.
 std::string PositionCursor(std::string_view kind, sh::WallTime time, const std::string& key) {
   return EncodeCursor(kind, std::to_string(sh::ToUnixSeconds(time)) + "." + key);
@@ -85,6 +77,31 @@ sh::Status OnlyParams(const ApiRequest& r, std::initializer_list<std::string_vie
     }
   }
   return sh::Status::Ok();
+}
+
+// A request's query, checked once: only `known` parameters, none repeated, and "limit"
+// (when known) parsed.
+struct Query {
+  const ApiRequest* request = nullptr;
+  int64_t limit = kApiDefaultPageSize;
+  std::optional<std::string> Get(const std::string& name) const {
+    auto it = request->query.find(name);
+    return it == request->query.end() ? std::nullopt : std::optional<std::string>(it->second);
+  }
+};
+
+sh::Result<Query> ReadQuery(const ApiRequest& r, std::initializer_list<std::string_view> known) {
+  CF_RETURN_IF_ERROR(OnlyParams(r, known));
+  for (const std::string_view name : known) {
+    if (r.query.count(std::string(name)) > 1) {
+      return sh::Error(Code::kInvalidArgument, "query parameter '" + std::string(name) + "' is repeated");
+    }
+  }
+  Query q{&r};
+  if (std::find(known.begin(), known.end(), "limit") != known.end()) {
+    CF_ASSIGN_OR_RETURN(q.limit, ParseApiLimit(q.Get("limit")));
+  }
+  return q;
 }
 
 json EventJson(const SecurityEvent& e) {
@@ -432,39 +449,33 @@ ApiResponse ApiService::StartAudit(const ApiRequest& r, const Principal& who) {
 }
 
 ApiResponse ApiService::ListAudits(const ApiRequest& r) {
-  if (auto st = OnlyParams(r, {"limit", "nextToken", "taskStatus", "taskType", "startTime", "endTime"}); !st.ok()) {
-    return FromStatus(st, log_);
-  }
-  auto limit_text = QueryValue(r, "limit");
-  auto cursor = QueryValue(r, "nextToken");
-  auto status = QueryValue(r, "taskStatus");
-  auto type = QueryValue(r, "taskType");
-  auto start = QueryValue(r, "startTime");
-  auto end = QueryValue(r, "endTime");
-  for (const auto* v : {&limit_text, &cursor, &status, &type, &start, &end}) {
-    if (!*v) return FromStatus(v->error(), log_);
-  }
-  auto limit = ParseApiLimit(*limit_text);
-  if (!limit) return FromStatus(limit.error(), log_);
+  auto q = ReadQuery(r, {"limit", "nextToken", "taskStatus", "taskType", "startTime", "endTime"});
+  if (!q) return FromStatus(q.error(), log_);
+  const std::optional<std::string> cursor = q->Get("nextToken");
+  const std::optional<std::string> status = q->Get("taskStatus");
+  const std::optional<std::string> type = q->Get("taskType");
+  const std::optional<std::string> start = q->Get("startTime");
+  const std::optional<std::string> end = q->Get("endTime");
+  const int64_t limit = q->limit;
   AuditTaskFilter f;
-  f.limit = *limit;
-  if (*status) {
+  f.limit = limit;
+  if (status) {
     static const std::vector<std::string> kStatuses = {"IN_PROGRESS", "COMPLETED", "FAILED", "CANCELED"};
-    if (std::find(kStatuses.begin(), kStatuses.end(), **status) == kStatuses.end()) {
+    if (std::find(kStatuses.begin(), kStatuses.end(), *status) == kStatuses.end()) {
       return JsonError(400, "bad_request", "taskStatus is one of IN_PROGRESS, COMPLETED, FAILED, CANCELED");
     }
-    f.status = **status;
+    f.status = *status;
   }
-  if (*type) {
-    if (**type != kTaskOnDemand && **type != kTaskScheduled) {
+  if (type) {
+    if (*type != kTaskOnDemand && *type != kTaskScheduled) {
       return JsonError(400, "bad_request", "taskType is ON_DEMAND_AUDIT_TASK or SCHEDULED_AUDIT_TASK");
     }
-    f.task_type = **type;
+    f.task_type = *type;
   }
-  if (auto st = OptionalTime("startTime", *start, f.started_after); !st.ok()) return FromStatus(st, log_);
-  if (auto st = OptionalTime("endTime", *end, f.started_before); !st.ok()) return FromStatus(st, log_);
-  if (*cursor) {
-    auto key = DecodeCursor("audits", **cursor);
+  if (auto st = OptionalTime("startTime", start, f.started_after); !st.ok()) return FromStatus(st, log_);
+  if (auto st = OptionalTime("endTime", end, f.started_before); !st.ok()) return FromStatus(st, log_);
+  if (cursor) {
+    auto key = DecodeCursor("audits", *cursor);
     if (!key) return FromStatus(key.error(), log_);
     f.cursor = *key;
   }
@@ -485,23 +496,19 @@ ApiResponse ApiService::ListAudits(const ApiRequest& r) {
 }
 
 ApiResponse ApiService::GetAuditStatus(const ApiRequest& r, const PathParams& p) {
-  if (auto st = OnlyParams(r, {"limit", "nextToken"}); !st.ok()) return FromStatus(st, log_);
+  auto q = ReadQuery(r, {"limit", "nextToken"});
+  if (!q) return FromStatus(q.error(), log_);
+  const std::optional<std::string> cursor = q->Get("nextToken");
+  const int64_t limit = q->limit;
   const std::string& id = p.at("taskId");
   if (!IsLowerHex(id, 32)) return JsonError(400, "bad_request", "a task id is 32 lowercase hex digits");
-  auto limit_text = QueryValue(r, "limit");
-  auto cursor = QueryValue(r, "nextToken");
-  for (const auto* v : {&limit_text, &cursor}) {
-    if (!*v) return FromStatus(v->error(), log_);
-  }
-  auto limit = ParseApiLimit(*limit_text);
-  if (!limit) return FromStatus(limit.error(), log_);
   int64_t after = 0;
-  if (*cursor) {
-    auto key = DecodeIntCursor("audit-findings", **cursor);
+  if (cursor) {
+    auto key = DecodeIntCursor("audit-findings", *cursor);
     if (!key) return FromStatus(key.error(), log_);
     after = *key;
   }
-  auto page = options_.audit->AuditReportPage(id, after, *limit);
+  auto page = options_.audit->AuditReportPage(id, after, limit);
   if (!page) {
     if (page.error().code() == Code::kNotFound) return JsonError(404, "not_found", "no such audit task");
     return FromStatus(page.error(), log_);
@@ -524,13 +531,13 @@ json SuppressionJson(const AuditSuppression& s) {
 }  // namespace
 
 ApiResponse ApiService::ListSuppressions(const ApiRequest& r) {
-  if (auto st = OnlyParams(r, {"includeExpired"}); !st.ok()) return FromStatus(st, log_);
-  auto all = QueryValue(r, "includeExpired");
-  if (!all) return FromStatus(all.error(), log_);
-  if (*all && **all != "true" && **all != "false") {
+  auto q = ReadQuery(r, {"includeExpired"});
+  if (!q) return FromStatus(q.error(), log_);
+  const std::optional<std::string> all = q->Get("includeExpired");
+  if (all && *all != "true" && *all != "false") {
     return JsonError(400, "bad_request", "includeExpired is true or false");
   }
-  auto list = options_.audit->ListSuppressions(*all && **all == "true");
+  auto list = options_.audit->ListSuppressions(all && *all == "true");
   if (!list) return FromStatus(list.error(), log_);
   json items = json::array();
   for (const auto& x : *list) items.push_back(SuppressionJson(x));
@@ -565,20 +572,17 @@ ApiResponse ApiService::DeleteSuppression(const ApiRequest& r) {
 }
 
 ApiResponse ApiService::ListThings(const ApiRequest& r) {
-  if (auto st = OnlyParams(r, {"limit", "nextToken"}); !st.ok()) return FromStatus(st, log_);
-  auto limit_text = QueryValue(r, "limit");
-  if (!limit_text) return FromStatus(limit_text.error(), log_);
-  auto limit = ParseApiLimit(*limit_text);
-  if (!limit) return FromStatus(limit.error(), log_);
-  auto cursor = QueryValue(r, "nextToken");
-  if (!cursor) return FromStatus(cursor.error(), log_);
+  auto q = ReadQuery(r, {"limit", "nextToken"});
+  if (!q) return FromStatus(q.error(), log_);
+  const std::optional<std::string> cursor = q->Get("nextToken");
+  const int64_t limit = q->limit;
   std::string after;
-  if (*cursor) {
-    auto key = DecodeCursor("things", **cursor);
+  if (cursor) {
+    auto key = DecodeCursor("things", *cursor);
     if (!key) return FromStatus(key.error(), log_);
     after = *key;
   }
-  auto page = state_.registry->ListThingsPage(after, *limit);
+  auto page = state_.registry->ListThingsPage(after, limit);
   if (!page) return FromStatus(page.error(), log_);
   json items = json::array();
   for (const auto& t : page->items) items.push_back(ThingToJson(t));
@@ -621,36 +625,30 @@ ApiResponse ApiService::SetQuarantine(const ApiRequest& r, const PathParams& p, 
 }
 
 ApiResponse ApiService::ListCertificates(const ApiRequest& r) {
-  if (auto st = OnlyParams(r, {"limit", "nextToken", "status", "thingName", "expiringBefore"}); !st.ok()) {
-    return FromStatus(st, log_);
-  }
-  auto limit_text = QueryValue(r, "limit");
-  auto cursor = QueryValue(r, "nextToken");
-  auto status = QueryValue(r, "status");
-  auto thing = QueryValue(r, "thingName");
-  auto before = QueryValue(r, "expiringBefore");
-  for (const auto* v : {&limit_text, &cursor, &status, &thing, &before}) {
-    if (!*v) return FromStatus(v->error(), log_);
-  }
-  auto limit = ParseApiLimit(*limit_text);
-  if (!limit) return FromStatus(limit.error(), log_);
+  auto q = ReadQuery(r, {"limit", "nextToken", "status", "thingName", "expiringBefore"});
+  if (!q) return FromStatus(q.error(), log_);
+  const std::optional<std::string> cursor = q->Get("nextToken");
+  const std::optional<std::string> status = q->Get("status");
+  const std::optional<std::string> thing = q->Get("thingName");
+  const std::optional<std::string> before = q->Get("expiringBefore");
+  const int64_t limit = q->limit;
   CertFilter f;
-  if (*status) {
-    auto s = ParseCertStatus(**status);
+  if (status) {
+    auto s = ParseCertStatus(*status);
     if (!s) return JsonError(400, "bad_request", "status must be PENDING_ACTIVATION, ACTIVE, INACTIVE or REVOKED");
     f.status = *s;
   }
-  if (*thing) {
-    if (!IsValidThingName(**thing)) return JsonError(400, "bad_request", "invalid thingName");
-    f.thing = **thing;
+  if (thing) {
+    if (!IsValidThingName(*thing)) return JsonError(400, "bad_request", "invalid thingName");
+    f.thing = *thing;
   }
-  if (auto st = OptionalTime("expiringBefore", *before, f.expiring_before); !st.ok()) return FromStatus(st, log_);
-  if (*cursor) {
-    auto key = DecodeIntCursor("certificates", **cursor);
+  if (auto st = OptionalTime("expiringBefore", before, f.expiring_before); !st.ok()) return FromStatus(st, log_);
+  if (cursor) {
+    auto key = DecodeIntCursor("certificates", *cursor);
     if (!key) return FromStatus(key.error(), log_);
     f.after = *key;
   }
-  auto page = state_.registry->ListCertsPage(f, *limit);
+  auto page = state_.registry->ListCertsPage(f, limit);
   if (!page) return FromStatus(page.error(), log_);
   json items = json::array();
   for (const auto& c : page->items) items.push_back(CertToJson(c, false));
@@ -684,34 +682,30 @@ ApiResponse ApiService::ChangeCertificate(const ApiRequest& r, const PathParams&
 }
 
 ApiResponse ApiService::ListRotations(const ApiRequest& r) {
-  if (auto st = OnlyParams(r, {"limit", "state", "thingName", "nextToken"}); !st.ok()) return FromStatus(st, log_);
-  auto limit_text = QueryValue(r, "limit");
-  auto state = QueryValue(r, "state");
-  auto thing = QueryValue(r, "thingName");
-  auto cursor = QueryValue(r, "nextToken");
-  for (const auto* v : {&limit_text, &state, &thing, &cursor}) {
-    if (!*v) return FromStatus(v->error(), log_);
-  }
-  auto limit = ParseApiLimit(*limit_text);
-  if (!limit) return FromStatus(limit.error(), log_);
+  auto q = ReadQuery(r, {"limit", "state", "thingName", "nextToken"});
+  if (!q) return FromStatus(q.error(), log_);
+  const std::optional<std::string> state = q->Get("state");
+  const std::optional<std::string> thing = q->Get("thingName");
+  const std::optional<std::string> cursor = q->Get("nextToken");
+  const int64_t limit = q->limit;
   RotationFilter f;
-  if (*state) {
-    auto s = ParseRotationState(**state);
+  if (state) {
+    auto s = ParseRotationState(*state);
     if (!s) return JsonError(400, "bad_request", "state must be PENDING, COMPLETED or CANCELLED");
     f.state = *s;
   }
-  if (*thing) {
-    if (!IsValidThingName(**thing)) return JsonError(400, "bad_request", "invalid thingName");
-    f.thing = **thing;
+  if (thing) {
+    if (!IsValidThingName(*thing)) return JsonError(400, "bad_request", "invalid thingName");
+    f.thing = *thing;
   }
-  if (*cursor) {
-    auto pos = DecodePositionCursor("rotations", **cursor);
+  if (cursor) {
+    auto pos = DecodePositionCursor("rotations", *cursor);
     if (!pos) return FromStatus(pos.error(), log_);
     f.before = *pos;
   }
-  auto list = state_.registry->ListRotations(f, *limit + 1);
+  auto list = state_.registry->ListRotations(f, limit + 1);
   if (!list) return FromStatus(list.error(), log_);
-  const bool more = static_cast<int64_t>(list->size()) > *limit;
+  const bool more = static_cast<int64_t>(list->size()) > limit;
   if (more) list->pop_back();
   json items = json::array();
   for (const auto& x : *list) items.push_back(RotationToJson(x));
@@ -751,26 +745,22 @@ ApiResponse ApiService::CancelRotation(const PathParams& p) {
 }
 
 ApiResponse ApiService::ListEnrollmentTokens(const ApiRequest& r) {
-  if (auto st = OnlyParams(r, {"limit", "nextToken"}); !st.ok()) return FromStatus(st, log_);
-  auto limit_text = QueryValue(r, "limit");
-  auto cursor = QueryValue(r, "nextToken");
-  for (const auto* v : {&limit_text, &cursor}) {
-    if (!*v) return FromStatus(v->error(), log_);
-  }
-  auto limit = ParseApiLimit(*limit_text);
-  if (!limit) return FromStatus(limit.error(), log_);
+  auto q = ReadQuery(r, {"limit", "nextToken"});
+  if (!q) return FromStatus(q.error(), log_);
+  const std::optional<std::string> cursor = q->Get("nextToken");
+  const int64_t limit = q->limit;
   std::optional<ListPosition> before;
-  if (*cursor) {
-    auto pos = DecodePositionCursor("enrollment-tokens", **cursor);
+  if (cursor) {
+    auto pos = DecodePositionCursor("enrollment-tokens", *cursor);
     if (!pos) return FromStatus(pos.error(), log_);
     if (pos->key.size() > 18 || pos->key.find_first_not_of("0123456789") != std::string::npos) {
       return JsonError(400, "bad_request", "malformed nextToken");
     }
     before = *pos;
   }
-  auto list = state_.registry->ListTokens(*limit + 1, before);
+  auto list = state_.registry->ListTokens(limit + 1, before);
   if (!list) return FromStatus(list.error(), log_);
-  const bool more = static_cast<int64_t>(list->size()) > *limit;
+  const bool more = static_cast<int64_t>(list->size()) > limit;
   if (more) list->pop_back();
   const sh::WallTime now = clock_.Now();
   json items = json::array();
@@ -812,39 +802,33 @@ ApiResponse ApiService::DescribeTemplate(const PathParams& p) {
 }
 
 ApiResponse ApiService::ListEvents(const ApiRequest& r) {
-  if (auto st = OnlyParams(r, {"limit", "nextToken", "kind", "subject", "since", "until"}); !st.ok()) {
-    return FromStatus(st, log_);
-  }
-  auto limit_text = QueryValue(r, "limit");
-  auto cursor = QueryValue(r, "nextToken");
-  auto kind = QueryValue(r, "kind");
-  auto subject = QueryValue(r, "subject");
-  auto since = QueryValue(r, "since");
-  auto until = QueryValue(r, "until");
-  for (const auto* v : {&limit_text, &cursor, &kind, &subject, &since, &until}) {
-    if (!*v) return FromStatus(v->error(), log_);
-  }
-  auto limit = ParseApiLimit(*limit_text);
-  if (!limit) return FromStatus(limit.error(), log_);
+  auto q = ReadQuery(r, {"limit", "nextToken", "kind", "subject", "since", "until"});
+  if (!q) return FromStatus(q.error(), log_);
+  const std::optional<std::string> cursor = q->Get("nextToken");
+  const std::optional<std::string> kind = q->Get("kind");
+  const std::optional<std::string> subject = q->Get("subject");
+  const std::optional<std::string> since = q->Get("since");
+  const std::optional<std::string> until = q->Get("until");
+  const int64_t limit = q->limit;
   EventFilter f;
-  if (*kind) {
-    if (kind->value().empty() || kind->value().size() > 64) return JsonError(400, "bad_request", "kind must be 1-64 bytes");
-    f.kind = **kind;
+  if (kind) {
+    if (kind->empty() || kind->size() > 64) return JsonError(400, "bad_request", "kind must be 1-64 bytes");
+    f.kind = *kind;
   }
-  if (*subject) {
-    if (subject->value().empty() || subject->value().size() > 256) {
+  if (subject) {
+    if (subject->empty() || subject->size() > 256) {
       return JsonError(400, "bad_request", "subject must be 1-256 bytes");
     }
-    f.subject = **subject;
+    f.subject = *subject;
   }
-  if (auto st = OptionalTime("since", *since, f.since); !st.ok()) return FromStatus(st, log_);
-  if (auto st = OptionalTime("until", *until, f.until); !st.ok()) return FromStatus(st, log_);
-  if (*cursor) {
-    auto key = DecodeIntCursor("events", **cursor);
+  if (auto st = OptionalTime("since", since, f.since); !st.ok()) return FromStatus(st, log_);
+  if (auto st = OptionalTime("until", until, f.until); !st.ok()) return FromStatus(st, log_);
+  if (cursor) {
+    auto key = DecodeIntCursor("events", *cursor);
     if (!key) return FromStatus(key.error(), log_);
     f.before = *key;
   }
-  auto page = state_.registry->ListSecurityEventsPage(f, *limit);
+  auto page = state_.registry->ListSecurityEventsPage(f, limit);
   if (!page) return FromStatus(page.error(), log_);
   json items = json::array();
   for (const auto& e : page->items) items.push_back(EventJson(e));

@@ -172,6 +172,16 @@ AuditFinding ReadFinding(const Statement& st) {
 }
 
 // "<started_at>.<id>": the position after which the next page starts.
+// The rows of a SELECT of id, task_id, finding_id, action, result, detail, at.
+Result<std::vector<MitigationRecord>> ReadMitigations(Statement& q) {
+  std::vector<MitigationRecord> out;
+  for (;;) {
+    CF_ASSIGN_OR_RETURN(bool row, q.Step());
+    if (!row) return out;
+    out.push_back({q.Int(0), q.Text(1), q.Int(2), q.Text(3), q.Text(4), q.Text(5), Wall(q.Int(6))});
+  }
+}
+
 bool ParseCursor(const std::string& cursor, int64_t* started_at, std::string* id) {
   auto pos = SplitPositionKey(cursor);
   if (!pos || !IsLowerHex(pos->rest, 32)) return false;
@@ -405,13 +415,7 @@ class SqliteAuditStore final : public AuditStore {
         "SELECT id, task_id, finding_id, action, result, detail, at FROM mitigation_actions "
         "INDEXED BY mitigation_actions_by_task WHERE task_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3"));
     q.Bind(1, task_id).Bind(2, after_id).Bind(3, limit);
-    std::vector<MitigationRecord> out;
-    for (;;) {
-      CF_ASSIGN_OR_RETURN(bool row, q.Step());
-      if (!row) break;
-      out.push_back({q.Int(0), q.Text(1), q.Int(2), q.Text(3), q.Text(4), q.Text(5), Wall(q.Int(6))});
-    }
-    return out;
+    return ReadMitigations(q);
   }
 
   Result<std::vector<MitigationRecord>> ListMitigationsOfFindings(const std::string& task_id, int64_t after_finding,
@@ -421,13 +425,7 @@ class SqliteAuditStore final : public AuditStore {
         "SELECT id, task_id, finding_id, action, result, detail, at FROM mitigation_actions WHERE task_id = ?1 "
         "AND finding_id > ?2 AND finding_id <= ?3 ORDER BY id"));
     q.Bind(1, task_id).Bind(2, after_finding).Bind(3, last_finding);
-    std::vector<MitigationRecord> out;
-    for (;;) {
-      CF_ASSIGN_OR_RETURN(bool row, q.Step());
-      if (!row) break;
-      out.push_back({q.Int(0), q.Text(1), q.Int(2), q.Text(3), q.Text(4), q.Text(5), Wall(q.Int(6))});
-    }
-    return out;
+    return ReadMitigations(q);
   }
 
   Status PutSuppression(const AuditSuppression& s) override {

@@ -65,28 +65,12 @@ check "the issuing CA certificate verifies (signed in the token)" openssl verify
 # ---- An agent with its identity in a PKCS#11 token ----
 "$CTL" --config "$CONFIG" token create --serial gw-001 2>/dev/null >token.txt
 mkdir -p gw
-cat >agent.toml <<TOML
-log_level = "debug"
-[agent]
-state_dir = "$WORK/gw/state"
-control_socket = "$WORK/gw/run/control.sock"
-time_sync_file = ""
-[est]
-server = "https://$COMPANION_ADDR"
-trust_anchor_file = "$WORK/root.pem"
-user = "gw-001"
-password_file = "$WORK/token.txt"
-[identity]
-common_name = "gw-001"
-cert_file = "$WORK/gw/identity.pem"
+write_agent_toml debug "$THINGS_PORT" 10s >agent.toml
+cat >>agent.toml <<TOML
 [keystore]
 backend = "pkcs11"
 uri = "pkcs11:token=gw-001?module-path=$MODULE"
 pin_file = "$WORK/gw-001.pin"
-[mqtt]
-host = "127.0.0.1"
-port = $THINGS_PORT
-timeout = "10s"
 [renewal]
 retry_base = "1s"
 retry_cap = "2s"
