@@ -158,6 +158,10 @@ bool IsSqlCheck(std::string_view c) {
 AuditEngineOptions AuditOptionsFromConfig(const CompanionConfig& config) {
   AuditEngineOptions o;
   o.config = config.audit;
+  // "Not seen for longer than its rotation deadline": unless set, the window is the
+  // fleet's rotation deadline.
+  auto& not_seen = o.config.checks[std::string(kCheckAgentNotSeen)];
+  if (!not_seen.threshold) not_seen.threshold = config.rotation.default_deadline;
   o.root_ca_file = config.ca.root_cert_file;
   o.issuing_ca_file = config.ca.issuing_cert_file;
   o.mqtt_client_id = config.mqtt.client_id;

@@ -96,8 +96,12 @@ Status ApplyAuditCheckKey(const std::string& rest, const AuditCheckKeyValue& val
     (key == "min_rsa_bits" ? c.min_rsa_bits : c.min_ec_bits) = static_cast<int>(bits);
   } else if (key == "mitigations") {
     CF_ASSIGN_OR_RETURN(std::vector<std::string> actions, value.AsStringList());
-    for (const std::string& a : actions) {
+    for (auto it = actions.begin(); it != actions.end(); ++it) {
+      const std::string& a = *it;
       if (!IsMitigationAction(a)) return Status(Code::kInvalidArgument, "unknown mitigation action '" + a + "'");
+      if (std::find(actions.begin(), it, a) != it) {
+        return Status(Code::kInvalidArgument, "mitigation action " + a + " is listed twice for " + name);
+      }
       if (a != kActionNotify && !spec->device_resource) {
         return Status(Code::kInvalidArgument, a + " does not apply to " + name + " (it names no thing)");
       }

@@ -119,6 +119,7 @@ TEST(AuditConfigTest, RejectsMalformedAuditInput) {
            "[audit.checks.DEVICE_CERTIFICATE_EXPIRING_CHECK]\nthreshold = \"soon\"\n",
            "[audit.checks.DEVICE_CERTIFICATE_EXPIRING_CHECK]\nthreshold = \"5000d\"\n",
            "[audit.checks.DEVICE_CERTIFICATE_EXPIRING_CHECK]\nmitigations = [\"REBOOT\"]\n",
+           "[audit.checks.DEVICE_CERTIFICATE_EXPIRING_CHECK]\nmitigations = [\"NOTIFY\", \"NOTIFY\"]\n",
            "[audit.checks.DEVICE_CERTIFICATE_EXPIRING_CHECK]\nmin_rsa_bits = 2048\n",
            "[audit.checks.DEVICE_CERTIFICATE_EXPIRING_CHECK]\ncolour = \"red\"\n",
            "[audit.checks.CA_CERTIFICATE_EXPIRING_CHECK]\nmitigations = [\"ROTATE_DEVICE_CERTIFICATE\"]\n",

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "companion/audit_policy.h"
+#include "companion/config.h"
 #include "companion/registry.h"
 #include "shared/core/clock.h"
 #include "shared/core/filesystem.h"
@@ -252,6 +253,14 @@ TEST_F(AuditTest, KeyQualityUsesFactsRecordedAtIssuance) {
   EXPECT_EQ(Summary(Run({std::string(kCheckDeviceKeyQuality)}), kCheckDeviceKeyQuality).non_compliant, 2);
 }
 
+TEST(AuditOptionsTest, AgentNotSeenDefaultsToTheRotationDeadline) {
+  CompanionConfig config;
+  config.rotation.default_deadline = Days(3);
+  EXPECT_EQ(*AuditOptionsFromConfig(config).config.For(kCheckAgentNotSeen).threshold, Days(3));
+  config.audit.checks[std::string(kCheckAgentNotSeen)].threshold = Days(1);
+  EXPECT_EQ(*AuditOptionsFromConfig(config).config.For(kCheckAgentNotSeen).threshold, Days(1)) << "set: kept";
+}
+
 TEST_F(AuditTest, AgentNotSeenAndRotationOverdue) {
   Issue("gw-quiet", "1", kNow - Days(30), kNow + Days(60));
   Issue("gw-talks", "2", kNow - Days(30), kNow + Days(60));
@@ -301,11 +310,19 @@ TEST_F(AuditTest, SuppressedFindingsAreMarkedAndNotMitigated) {
   ASSERT_EQ(actions->size(), 1u);
   EXPECT_TRUE(registry_->FindPendingRotation("gw-b").value());
   EXPECT_FALSE(registry_->FindPendingRotation("gw-a").value());
-  // The database refuses a mitigation of a suppressed finding.
+  // The database refuses a mitigation of a suppressed finding, a second one of the same
+  // action, and one under another task than its finding's.
   for (const auto& f : Findings(t.id)) {
-    if (!f.suppressed) continue;
-    Status st = store_->RecordMitigation({0, t.id, f.id, std::string(kActionNotify), "SUCCEEDED", "x", kNow});
-    EXPECT_EQ(st.code(), Code::kFailedPrecondition);
+    if (f.suppressed) {
+      Status st = store_->RecordMitigation({0, t.id, f.id, std::string(kActionNotify), "SUCCEEDED", "x", kNow});
+      EXPECT_EQ(st.code(), Code::kFailedPrecondition);
+      continue;
+    }
+    EXPECT_FALSE(store_->RecordMitigation({0, t.id, f.id, std::string(kActionRotate), "SUCCEEDED", "x", kNow}).ok());
+    ASSERT_TRUE(store_->CreateTask(std::string(32, 'b'), kTaskOnDemand, kNow).ok());
+    EXPECT_FALSE(
+        store_->RecordMitigation({0, std::string(32, 'b'), f.id, std::string(kActionNotify), "SUCCEEDED", "x", kNow}).ok());
+    EXPECT_TRUE(store_->RecordMitigation({0, t.id, f.id, std::string(kActionNotify), "SUCCEEDED", "x", kNow}).ok());
   }
   // After its expiry the suppression no longer applies, and lists only with expired ones.
   clock_.Advance(Days(4));

@@ -329,11 +329,16 @@ CREATE TABLE mitigation_actions (
   at          INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX mitigation_actions_by_task ON mitigation_actions(task_id, id);
-CREATE INDEX mitigation_actions_by_finding ON mitigation_actions(finding_id);
+-- Each configured action is applied to a finding once.
+CREATE UNIQUE INDEX mitigation_once_per_finding ON mitigation_actions(finding_id, action);
 -- Nothing is applied to a suppressed finding.
 CREATE TRIGGER no_mitigation_for_suppressed BEFORE INSERT ON mitigation_actions
   WHEN (SELECT suppressed FROM audit_findings WHERE id = NEW.finding_id) <> 0
   BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: no mitigation for a suppressed finding'); END;
+-- A mitigation belongs to its finding's task.
+CREATE TRIGGER mitigation_of_the_findings_task BEFORE INSERT ON mitigation_actions
+  WHEN (SELECT task_id FROM audit_findings WHERE id = NEW.finding_id) IS NOT NEW.task_id
+  BEGIN SELECT RAISE(ABORT, 'CHECK constraint failed: a mitigation belongs to its finding''s task'); END;
 )sql";
 
 // The operator API: bearer tokens (hashes only), and indexes for its filtered lists.
