@@ -36,15 +36,7 @@ EstServer::EstServer(EstService& service, const EstConfig& config, const std::st
     return true;
   });
   if (!server_->is_valid()) return;
-  int threads = config_.threads;
-  server_->new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
-  server_->set_payload_max_length(static_cast<size_t>(config_.max_body_bytes));
-  server_->set_read_timeout(std::chrono::seconds(10));
-  server_->set_write_timeout(std::chrono::seconds(10));
-  server_->set_keep_alive_max_count(20);
-  server_->set_keep_alive_timeout(5);
-  server_->set_tcp_nodelay(true);
-  server_->set_socket_options(OnlyReuseAddr);
+  ConfigureConnections(*server_, config_.threads, config_.max_body_bytes, 20);
 
   auto handler = [this](const httplib::Request& hreq, httplib::Response& hres) {
     EstRequest req;

@@ -36,6 +36,17 @@ void OnlyReuseAddr(int sock) {
   setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
 }
 
+void ConfigureConnections(httplib::SSLServer& server, int threads, int64_t max_body, size_t keep_alive_max) {
+  server.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };
+  server.set_payload_max_length(static_cast<size_t>(max_body));
+  server.set_read_timeout(std::chrono::seconds(10));
+  server.set_write_timeout(std::chrono::seconds(10));
+  server.set_keep_alive_max_count(keep_alive_max);
+  server.set_keep_alive_timeout(5);
+  server.set_tcp_nodelay(true);
+  server.set_socket_options(OnlyReuseAddr);
+}
+
 sh::Status UseServerIdentity(SSL_CTX& ctx, const std::string& chain_pem, EVP_PKEY* key, std::string_view what) {
   auto chain = sh::CertsFromPem(chain_pem);
   if (!chain) return chain.error();

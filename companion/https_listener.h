@@ -7,6 +7,7 @@
 #include <openssl/ssl.h>
 
 #include <atomic>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -38,6 +39,11 @@ class HttpsListener final : public httplib::SSLServer {
 
 // The socket options the listeners set: SO_REUSEADDR only (set_socket_options).
 void OnlyReuseAddr(int sock);
+
+// What both listeners set the same way: `threads` workers, bodies of at most `max_body`
+// bytes, 10 s read and write timeouts, at most `keep_alive_max` requests per connection
+// (5 s idle), TCP_NODELAY, OnlyReuseAddr.
+void ConfigureConnections(httplib::SSLServer& server, int threads, int64_t max_body, size_t keep_alive_max);
 
 // Loads the server identity into `ctx`: the leaf and intermediates of `chain_pem`, `key`
 // (checked against the leaf), TLS 1.2 at least, no renegotiation, server cipher order.
